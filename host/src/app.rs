@@ -1,0 +1,198 @@
+//! `sandpiper run`: wire the runtime, the pipelines, health and the admin
+//! listener together, supervise them, and shut down gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::health::{Health, PipelineHealth};
+use crate::kafka::ClientSettings;
+use crate::kafka::embedded::EmbeddedCluster;
+use crate::pipeline::{Pipeline, PipelineSpec};
+use crate::runtime::Runtime;
+
+/// Partitions of each topic an embedded cluster creates.
+const EMBEDDED_PARTITIONS: i32 = 3;
+
+/// A started host.
+#[derive(Debug)]
+pub struct App {
+    pub pipelines: Vec<Pipeline>,
+    pub health: Arc<Health>,
+    pub admin: Option<SocketAddr>,
+    admin_stop: CancellationToken,
+    /// Kept alive for `brokers = "embedded"`.
+    pub embedded: Option<EmbeddedCluster>,
+    shutdown_timeout: Duration,
+    unhealthy_exit: Duration,
+}
+
+impl App {
+    /// Loads every plugin, then connects: a bad plugin stops start-up
+    /// before any client exists.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let runtime = Arc::new(Runtime::new(config.engine_settings())?);
+        let mut plugins = Vec::new();
+        for p in &config.pipelines {
+            let plugin = runtime
+                .load_file(&p.plugin, p.plugin_settings())
+                .with_context(|| format!("pipeline {}", p.name()))?;
+            tracing::info!(pipeline = p.name(), plugin = %plugin.id(), "Plugin loaded.");
+            plugins.push(plugin);
+        }
+
+        let embedded = if config.kafka.is_embedded() {
+            let cluster = EmbeddedCluster::start(1)?;
+            tracing::warn!(
+                brokers = cluster.bootstrap_servers(),
+                "Running on an embedded Kafka cluster: it keeps nothing."
+            );
+            for p in &config.pipelines {
+                for topic in p.inputs.iter().chain([&p.output, &p.dead_letter]) {
+                    cluster.create_topic(&topic.0, EMBEDDED_PARTITIONS, 1)?;
+                }
+            }
+            Some(cluster)
+        } else {
+            None
+        };
+        let brokers = embedded.as_ref().map_or_else(
+            || config.kafka.brokers.0.clone(),
+            |c| c.bootstrap_servers().to_owned(),
+        );
+
+        let health = Arc::new(Health::default());
+        let admin_stop = CancellationToken::new();
+        let admin = match &config.admin {
+            Some(admin) => Some(
+                crate::admin::serve(&admin.listen, health.clone(), admin_stop.clone())
+                    .await?
+                    .0,
+            ),
+            None => None,
+        };
+
+        let mut pipelines = Vec::new();
+        for (p, plugin) in config.pipelines.iter().zip(plugins) {
+            let pipeline_health = Arc::new(PipelineHealth::new(
+                p.name(),
+                Duration::from_secs(p.stall_timeout_secs),
+            ));
+            health.add(pipeline_health.clone());
+            let client = ClientSettings {
+                brokers: brokers.clone(),
+                group: p.group(&config.kafka).to_owned(),
+                properties: config.kafka.properties.clone(),
+                consumer_properties: config.kafka.consumer_properties.clone(),
+                producer_properties: config.kafka.producer_properties.clone(),
+            };
+            pipelines.push(Pipeline::start(PipelineSpec {
+                config: p.clone(),
+                client,
+                plugin,
+                health: pipeline_health,
+            })?);
+        }
+        Ok(Self {
+            pipelines,
+            health,
+            admin,
+            admin_stop,
+            embedded,
+            shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
+            unhealthy_exit: Duration::from_secs(config.unhealthy_exit_secs),
+        })
+    }
+
+    /// Runs until `shutdown` (Ok) or until the host has been unhealthy for
+    /// the grace period (Err: the process must exit non-zero).
+    pub async fn supervise(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut unhealthy_since: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                _ = tick.tick() => {}
+            }
+            let report = self.health.liveness();
+            if report.ok {
+                unhealthy_since = None;
+                continue;
+            }
+            let since = *unhealthy_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= self.unhealthy_exit {
+                bail!(
+                    "unhealthy for {:?}: {}",
+                    self.unhealthy_exit,
+                    report.reasons.join("; ")
+                );
+            }
+        }
+    }
+
+    /// Graceful stop: every pipeline finishes in-flight records, commits,
+    /// flushes and closes, within the shutdown timeout.
+    pub async fn stop(self) {
+        let timeout = self.shutdown_timeout;
+        let stops = self.pipelines.into_iter().map(|p| p.stop(timeout));
+        futures_join_all(stops).await;
+        self.admin_stop.cancel();
+    }
+}
+
+/// Awaits all futures concurrently (spawned, so pipelines stop in parallel).
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    for handle in handles {
+        if let Err(error) = handle.await {
+            tracing::error!(%error, "Stopping a pipeline failed.");
+        }
+    }
+}
+
+/// `sandpiper run`: start, supervise, stop. A first SIGTERM/SIGINT stops
+/// gracefully; a second exits at once.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone())?;
+    let app = App::start(config).await?;
+    let result = app.supervise(&shutdown).await;
+    if let Err(error) = &result {
+        tracing::error!(error = %format!("{error:#}"), "Exiting so the supervisor restarts the host.");
+    } else {
+        tracing::info!("Shutting down.");
+    }
+    app.stop().await;
+    result
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(async move {
+        for round in 0.. {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if round == 0 {
+                tracing::info!(
+                    "Signal received: finishing in-flight records. Send it again to exit at once."
+                );
+                shutdown.cancel();
+            } else {
+                tracing::warn!("Second signal: exiting at once.");
+                std::process::exit(130);
+            }
+        }
+    });
+    Ok(())
+}

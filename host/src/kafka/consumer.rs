@@ -1,0 +1,117 @@
+//! The pipeline's one consumer: subscribe, receive [`Record`]s, store
+//! offsets of finished records, pause and resume partitions, close.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::error::KafkaError;
+
+use super::context::{ClientEvents, Context, RebalanceListener};
+use super::{ClientSettings, to_record};
+use crate::record::Record;
+
+/// One consumer for the life of a pipeline.
+#[derive(Clone)]
+pub struct Consumer {
+    inner: Arc<StreamConsumer<Context>>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer").finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    pub fn new(
+        settings: &ClientSettings,
+        pipeline: &str,
+        events: Arc<dyn ClientEvents>,
+        rebalance: Arc<dyn RebalanceListener>,
+    ) -> anyhow::Result<Self> {
+        let context = Context::new(pipeline, "consumer", events, Some(rebalance));
+        let inner: StreamConsumer<Context> = settings
+            .consumer_config()
+            .create_with_context(context)
+            .with_context(|| format!("creating the consumer of pipeline {pipeline}"))?;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    pub fn subscribe(&self, topics: &[&str]) -> anyhow::Result<()> {
+        self.inner
+            .subscribe(topics)
+            .with_context(|| format!("subscribing to {topics:?}"))
+    }
+
+    /// The next record. Errors are transient (librdkafka recovers by itself);
+    /// callers log them and call again.
+    pub async fn recv(&self) -> Result<Record, KafkaError> {
+        let message = self.inner.recv().await?;
+        Ok(to_record(&message))
+    }
+
+    /// Marks everything before `offset + 1` as done: it will be committed.
+    pub fn store_offset(&self, topic: &str, partition: i32, offset: i64) -> Result<(), KafkaError> {
+        self.inner.store_offset(topic, partition, offset)
+    }
+
+    fn tpl(topic: &str, partition: i32) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, partition);
+        tpl
+    }
+
+    /// Stops fetching a partition (backpressure); records already received stay ours.
+    pub fn pause(&self, topic: &str, partition: i32) -> Result<(), KafkaError> {
+        self.inner.pause(&Self::tpl(topic, partition))
+    }
+
+    pub fn resume(&self, topic: &str, partition: i32) -> Result<(), KafkaError> {
+        self.inner.resume(&Self::tpl(topic, partition))
+    }
+
+    /// Commits stored offsets now; "nothing to commit" is success.
+    pub fn commit_sync(&self) -> Result<(), KafkaError> {
+        match self.inner.commit_consumer_state(CommitMode::Sync) {
+            Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Committed offsets of the current assignment, `(topic, partition, offset)`.
+    pub fn committed(&self, timeout: Duration) -> Result<Vec<(String, i32, i64)>, KafkaError> {
+        let tpl = self.inner.committed(timeout)?;
+        Ok(tpl
+            .elements()
+            .iter()
+            .map(|e| {
+                (
+                    e.topic().to_owned(),
+                    e.partition(),
+                    e.offset().to_raw().unwrap_or(-1),
+                )
+            })
+            .collect())
+    }
+
+    /// Leaves the group and destroys the client, giving up after `timeout`:
+    /// rust-rdkafka's drop can hang while brokers are unreachable.
+    pub async fn close(self, timeout: Duration) {
+        let inner = self.inner;
+        let closing = tokio::task::spawn_blocking(move || {
+            inner.unsubscribe();
+            drop(inner);
+        });
+        if tokio::time::timeout(timeout, closing).await.is_err() {
+            tracing::warn!(
+                ?timeout,
+                "Closing the consumer timed out; leaving it behind."
+            );
+        }
+    }
+}

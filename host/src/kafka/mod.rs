@@ -1,0 +1,95 @@
+//! Kafka clients: one consumer and one producer per pipeline, for the life
+//! of the process. rdkafka types stay inside this module.
+//!
+//! librdkafka reconnects and re-bootstraps by itself, so nothing here ever
+//! recreates a client on error: a client that is dropped and rebuilt on
+//! every failure is exactly how incident 2 leaked a gigabyte.
+//!
+//! # Layout
+//! - `context`: callbacks: rebalances, rate-limited logs, errors, statistics.
+//! - `consumer`: the consumer wrapper speaking in [`Record`]s.
+//! - `producer`: the producer wrapper and its delivery futures.
+//! - `embedded`: the in-process mock cluster for `brokers = "embedded"` and tests.
+//! - `tools`: plain clients to produce samples and read topics (demo, tests).
+
+mod consumer;
+mod context;
+pub mod embedded;
+mod headers;
+mod producer;
+pub mod tools;
+
+use std::collections::BTreeMap;
+
+pub use consumer::Consumer;
+pub use context::{BrokerStats, ClientEvents, PartitionStats, RebalanceListener};
+pub use producer::{Delivery, Outgoing, Producer, SendError};
+
+use crate::record::Record;
+
+/// librdkafka settings for one pipeline's clients: our defaults, then the
+/// user's `[kafka.properties]` (which win), then the ones we must own.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub brokers: String,
+    pub group: String,
+    /// Applied to both clients.
+    pub properties: BTreeMap<String, String>,
+    pub consumer_properties: BTreeMap<String, String>,
+    pub producer_properties: BTreeMap<String, String>,
+}
+
+impl ClientSettings {
+    fn consumer_config(&self) -> rdkafka::ClientConfig {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("auto.commit.interval.ms", "1000")
+            // Bounded prefetch: with our per-partition buffers, this bounds
+            // memory under any backlog.
+            .set("queued.max.messages.kbytes", "16384")
+            .set("queued.min.messages", "1000")
+            .set("statistics.interval.ms", "5000");
+        for (k, v) in self.properties.iter().chain(&self.consumer_properties) {
+            c.set(k, v);
+        }
+        c.set("group.id", &self.group)
+            // At-least-once: an offset is stored only once its record's
+            // outputs (or dead letter) are acknowledged; stored offsets are
+            // auto-committed, and committed synchronously on revoke/shutdown.
+            .set("enable.auto.offset.store", "false")
+            .set("enable.auto.commit", "true")
+            .set("allow.auto.create.topics", "false")
+            .set("enable.partition.eof", "false");
+        c
+    }
+
+    fn producer_config(&self) -> rdkafka::ClientConfig {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("linger.ms", "5")
+            .set("statistics.interval.ms", "5000");
+        for (k, v) in self.properties.iter().chain(&self.producer_properties) {
+            c.set(k, v);
+        }
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("allow.auto.create.topics", "false");
+        c
+    }
+}
+
+/// Converts a consumed message into the project's record.
+fn to_record(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    use rdkafka::Message as _;
+    Record {
+        topic: m.topic().to_owned(),
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp: m.timestamp().to_millis(),
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers: headers::read(m),
+    }
+}

@@ -1,0 +1,146 @@
+//! Plain clients for the demo, preflight and tests: produce a set of
+//! records, read a topic from the beginning. Not used on the hot path.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{Outgoing, to_record};
+use crate::record::Record;
+
+/// Produces `records` and waits for every acknowledgement.
+pub async fn produce_all(brokers: &str, records: &[Outgoing]) -> anyhow::Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .context("creating a producer")?;
+    let mut deliveries = Vec::with_capacity(records.len());
+    for r in records {
+        let mut headers = rdkafka::message::OwnedHeaders::new_with_capacity(r.headers.len());
+        for (k, v) in &r.headers {
+            headers = headers.insert(rdkafka::message::Header {
+                key: k.as_str(),
+                value: Some(v.as_slice()),
+            });
+        }
+        let mut fr = FutureRecord::<[u8], [u8]>::to(&r.topic).headers(headers);
+        if let Some(k) = &r.key {
+            fr = fr.key(k.as_slice());
+        }
+        if let Some(v) = &r.value {
+            fr = fr.payload(v.as_slice());
+        }
+        if let Some(ts) = r.timestamp {
+            fr = fr.timestamp(ts);
+        }
+        deliveries.push(producer.send(fr, Duration::from_secs(30)));
+        // Keep librdkafka's queue small; deliveries complete in the background.
+        if deliveries.len() >= 10_000 {
+            for d in deliveries.drain(..) {
+                d.await.map_err(|(e, _)| e).context("producing a record")?;
+            }
+        }
+    }
+    for d in deliveries {
+        d.await.map_err(|(e, _)| e).context("producing a record")?;
+    }
+    Ok(())
+}
+
+/// Partitions of `topic` per the cluster's metadata.
+pub fn partitions(brokers: &str, topic: &str, timeout: Duration) -> anyhow::Result<Vec<i32>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("allow.auto.create.topics", "false")
+        .create()?;
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("reading metadata of {topic}"))?;
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .with_context(|| format!("topic {topic} not in metadata"))?;
+    if let Some(err) = t.error() {
+        bail!(
+            "topic {topic}: {:?}",
+            rdkafka::types::RDKafkaRespErr::from(err)
+        );
+    }
+    Ok(t.partitions().iter().map(|p| p.id()).collect())
+}
+
+/// Reads `topic` from the beginning until `want` records arrived or
+/// nothing new came for `quiet` (after which it returns what it has), or
+/// `timeout` passed.
+pub fn read_topic(
+    brokers: &str,
+    topic: &str,
+    want: usize,
+    quiet: Duration,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Record>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "sandpiper-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions(brokers, topic, Duration::from_secs(10))? {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let started = Instant::now();
+    let mut last = Instant::now();
+    let mut out = Vec::new();
+    while out.len() < want && started.elapsed() < timeout && last.elapsed() < quiet {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                out.push(to_record(&m));
+                last = Instant::now();
+            }
+            Some(Err(e)) => tracing::debug!(%e, "read_topic"),
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Counts per partition, for printing.
+pub fn by_partition(records: &[Record]) -> BTreeMap<i32, usize> {
+    let mut m = BTreeMap::new();
+    for r in records {
+        *m.entry(r.partition).or_default() += 1;
+    }
+    m
+}
+
+/// Offsets committed by `group` for `topic`, per partition (-1: none).
+pub fn committed(brokers: &str, group: &str, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions(brokers, topic, Duration::from_secs(10))? {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .with_context(|| format!("reading offsets of {group} on {topic}"))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .map(|e| (e.partition(), e.offset().to_raw().unwrap_or(-1)))
+        .collect())
+}

@@ -1,0 +1,29 @@
+//! Sandpiper: run business logic on Kafka records inside sandboxed
+//! WebAssembly components, one record's fault costing that record only.
+//!
+//! # Layout
+//! - [`config`]: the TOML configuration, validated before anything connects.
+//! - [`record`]: the project's record, output and failure types.
+//! - [`runtime`]: wasmtime engine, plugin loading, instances and outcomes.
+//! - [`kafka`]: the consumer, producer, callbacks and embedded cluster.
+//! - [`pipeline`]: consume → plugin → produce/dead-letter → store offset.
+//! - [`health`]: liveness and readiness, and what makes the process exit.
+//! - [`admin`]: the HTTP listener (`/healthz`, `/readyz`).
+//! - [`app`]: `sandpiper run`: wiring, supervision, graceful shutdown.
+//! - [`demo`]: `sandpiper demo` on an embedded cluster.
+//! - [`harness`]: the offline `plugin test` / `plugin inspect` commands.
+//! - [`ratelimit`]: rate-limited logging.
+//! - [`cli`]: command-line parsing and dispatch.
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod harness;
+pub mod health;
+pub mod kafka;
+pub mod pipeline;
+pub mod ratelimit;
+pub mod record;
+pub mod runtime;

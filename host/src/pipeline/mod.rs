@@ -1,0 +1,436 @@
+//! A pipeline: consume its inputs, run each record through its plugin,
+//! produce the outputs or a dead letter, and store offsets only for records
+//! whose results the broker acknowledged.
+//!
+//! It never drops a record: a record is either finished (outputs or dead
+//! letter acknowledged, offset stored) or left uncommitted for the next
+//! owner of its partition. It never stalls silently: every task it spawns
+//! is watched, and a dead one makes the process exit (see `health`).
+//!
+//! # Layout
+//! - `mod.rs`: the pipeline's shared state, its router (consumer → partition
+//!   buffers, with pause/resume as backpressure), rebalances, start and stop.
+//! - `partition`: per-partition worker (plugin, in offset order) and acker
+//!   (in-order acknowledgements, offset store).
+//! - `workers`: the bounded instance pool and blocking calls.
+//! - `deadletter`: output and dead-letter records and their headers.
+//! - `backoff`: exponential backoff with jitter.
+
+mod backoff;
+pub mod deadletter;
+mod partition;
+mod workers;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{PipelineConfig, RetryConfig};
+use crate::health::{Done, PipelineHealth};
+use crate::kafka::{ClientSettings, Consumer, Producer, RebalanceListener};
+use crate::ratelimit::LogLimiter;
+use crate::record::Record;
+use crate::runtime::Plugin;
+use deadletter::Labels;
+use partition::Partition;
+use workers::Workers;
+
+pub use workers::Workers as PluginWorkers;
+
+/// Totals since start, for the demo, tests and (later) metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub consumed: AtomicU64,
+    pub dead_lettered: AtomicU64,
+}
+
+/// A partition as the router sees it.
+struct Route {
+    part: Arc<Partition>,
+    tx: mpsc::Sender<Record>,
+    /// Records received while the buffer was full, in order; the partition
+    /// is paused in the consumer until they are handed over.
+    overflow: VecDeque<Record>,
+    paused: bool,
+    done: Arc<Done>,
+}
+
+/// State shared by a pipeline's router, partitions and rebalance callbacks.
+pub(crate) struct Shared {
+    name: String,
+    labels: Labels,
+    retry: RetryConfig,
+    workers: Workers,
+    producer: Producer,
+    /// Set right after creation (the consumer's callbacks need `Shared` first).
+    consumer: OnceLock<Consumer>,
+    routes: Mutex<HashMap<String, HashMap<i32, Route>>>,
+    health: Arc<PipelineHealth>,
+    counters: Arc<Counters>,
+    logs: LogLimiter,
+    partition_buffer: usize,
+    max_unacked: usize,
+    /// How long a revoke waits for in-flight records.
+    revoke_timeout: Duration,
+    tasks: TaskTracker,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Shared {
+    fn consumer(&self) -> &Consumer {
+        // Set in `Pipeline::start` before the consumer is subscribed, so
+        // before any callback or partition task can run.
+        self.consumer
+            .get()
+            .expect("the consumer is set before subscribing")
+    }
+
+    fn routes(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<i32, Route>>> {
+        self.routes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Spawns a task whose panic marks the pipeline fatal instead of vanishing.
+    fn spawn_watched<F>(self: &Arc<Self>, what: String, future: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let handle = self.tasks.spawn_on(future, &self.runtime);
+        let health = self.health.clone();
+        self.tasks.spawn_on(
+            async move {
+                if let Err(error) = handle.await
+                    && error.is_panic()
+                {
+                    let panic = error.into_panic();
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    health.set_fatal(format!("{what} panicked: {message}"));
+                }
+            },
+            &self.runtime,
+        );
+    }
+
+    /// Starts work on newly assigned partitions.
+    fn assign(self: &Arc<Self>, partitions: &[(String, i32)]) {
+        let mut routes = self.routes();
+        for (topic, partition) in partitions {
+            let by_partition = routes.entry(topic.clone()).or_default();
+            if by_partition.contains_key(partition) {
+                continue;
+            }
+            let progress = self.health.assign(topic, *partition);
+            let part = Arc::new(Partition {
+                shared: self.clone(),
+                topic: topic.clone(),
+                partition: *partition,
+                progress,
+                cancel: CancellationToken::new(),
+            });
+            let (tx, rx) = mpsc::channel(self.partition_buffer);
+            let (ack_tx, ack_rx) = mpsc::channel(self.max_unacked);
+            let done = Arc::new(Done::default());
+            self.spawn_watched(
+                format!("worker of {topic}/{partition}"),
+                partition::worker(part.clone(), rx, ack_tx),
+            );
+            self.spawn_watched(
+                format!("acker of {topic}/{partition}"),
+                partition::acker(part.clone(), ack_rx, done.clone()),
+            );
+            by_partition.insert(
+                *partition,
+                Route {
+                    part,
+                    tx,
+                    overflow: VecDeque::new(),
+                    paused: false,
+                    done,
+                },
+            );
+        }
+    }
+
+    /// Stops partitions and waits, until `deadline`, for their acknowledged
+    /// work to be stored. Blocking: called from the rebalance callback.
+    fn revoke(&self, partitions: &[(String, i32)], lost: bool, deadline: Instant) {
+        let removed: Vec<Route> = {
+            let mut routes = self.routes();
+            partitions
+                .iter()
+                .filter_map(|(topic, partition)| routes.get_mut(topic.as_str())?.remove(partition))
+                .collect()
+        };
+        for route in &removed {
+            if lost {
+                route.part.progress.lost.store(true, Ordering::Relaxed);
+            }
+            route.part.cancel.cancel();
+        }
+        for route in removed {
+            let (topic, partition) = (&route.part.topic, route.part.partition);
+            if !lost && !route.done.wait_until(deadline) {
+                tracing::warn!(pipeline = %self.name, %topic, partition,
+                    "Revoked partition still had records in flight at the deadline; its next owner will repeat them.");
+            }
+            self.health.unassign(topic, partition);
+        }
+    }
+
+    /// Hands a consumed record to its partition's buffer, or parks it and
+    /// pauses the partition when the buffer is full.
+    fn route(&self, record: Record) {
+        let mut routes = self.routes();
+        let Some(route) = routes
+            .get_mut(record.topic.as_str())
+            .and_then(|r| r.get_mut(&record.partition))
+        else {
+            // Not (or no longer) ours: the owner fetches it from the last commit.
+            return;
+        };
+        self.counters.consumed.fetch_add(1, Ordering::Relaxed);
+        route.part.progress.received(record.offset);
+        if route.paused {
+            route.overflow.push_back(record);
+            return;
+        }
+        match route.tx.try_send(record) {
+            Ok(()) => {}
+            Err(TrySendError::Full(record)) => {
+                route.overflow.push_back(record);
+                if let Err(error) = self
+                    .consumer()
+                    .pause(&route.part.topic, route.part.partition)
+                {
+                    tracing::warn!(pipeline = %self.name, %error, "Pausing a partition failed; parking its records.");
+                }
+                route.paused = true;
+            }
+            // The worker has stopped (revoked or shutting down).
+            Err(TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Moves parked records into buffers that have room; resumes partitions
+    /// whose parked records are all handed over.
+    fn drain_overflow(&self) {
+        let mut routes = self.routes();
+        for route in routes.values_mut().flat_map(HashMap::values_mut) {
+            if !route.paused {
+                continue;
+            }
+            while let Some(record) = route.overflow.pop_front() {
+                match route.tx.try_send(record) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(record)) => {
+                        route.overflow.push_front(record);
+                        break;
+                    }
+                    Err(TrySendError::Closed(_)) => route.overflow.clear(),
+                }
+            }
+            if route.overflow.is_empty() {
+                match self
+                    .consumer()
+                    .resume(&route.part.topic, route.part.partition)
+                {
+                    Ok(()) => route.paused = false,
+                    Err(error) => {
+                        tracing::warn!(pipeline = %self.name, %error, "Resuming a partition failed; trying again.")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Bridges consumer rebalance callbacks to the pipeline without a cycle.
+struct Listener(Weak<Shared>);
+
+impl RebalanceListener for Listener {
+    fn revoking(&self, partitions: &[(String, i32)], lost: bool) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.revoke(partitions, lost, Instant::now() + shared.revoke_timeout);
+        }
+    }
+
+    fn assigned(&self, partitions: &[(String, i32)]) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.assign(partitions);
+        }
+    }
+}
+
+/// A running pipeline.
+pub struct Pipeline {
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    router: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("name", &self.shared.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a pipeline needs to start.
+#[derive(Debug)]
+pub struct PipelineSpec {
+    pub config: PipelineConfig,
+    pub client: ClientSettings,
+    pub plugin: Arc<Plugin>,
+    pub health: Arc<PipelineHealth>,
+}
+
+impl Pipeline {
+    /// Creates the pipeline's two clients (once, for its whole life),
+    /// subscribes and starts routing.
+    pub fn start(spec: PipelineSpec) -> anyhow::Result<Self> {
+        let PipelineSpec {
+            config,
+            client,
+            plugin,
+            health,
+        } = spec;
+        let name = config.name().to_owned();
+        let producer = Producer::new(&client, &name, health.clone())?;
+        let shared = Arc::new(Shared {
+            name: name.clone(),
+            labels: Labels {
+                pipeline: name.clone(),
+                group: client.group.clone(),
+                output: config.output.0.clone(),
+                dead_letter: config.dead_letter.0.clone(),
+                plugin_header: config.plugin_header,
+            },
+            retry: config.retry.clone(),
+            workers: Workers::new(&name, plugin, config.workers),
+            producer,
+            consumer: OnceLock::new(),
+            routes: Mutex::new(HashMap::new()),
+            health: health.clone(),
+            counters: Arc::new(Counters::default()),
+            logs: LogLimiter::new(Duration::from_secs(10)),
+            partition_buffer: config.partition_buffer,
+            max_unacked: config.max_unacked,
+            revoke_timeout: Duration::from_secs(10),
+            tasks: TaskTracker::new(),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        let consumer = Consumer::new(
+            &client,
+            &name,
+            health,
+            Arc::new(Listener(Arc::downgrade(&shared))),
+        )?;
+        let inputs: Vec<&str> = config.inputs.iter().map(|t| t.0.as_str()).collect();
+        consumer.subscribe(&inputs)?;
+        let _ = shared.consumer.set(consumer);
+        let stop = CancellationToken::new();
+        let router = tokio::spawn(route_loop(shared.clone(), stop.clone()));
+        tracing::info!(pipeline = %name, group = %client.group, inputs = ?inputs, plugin = %shared.workers.plugin().id(), "Pipeline started.");
+        Ok(Self {
+            shared,
+            stop,
+            router,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    pub fn counters(&self) -> Arc<Counters> {
+        self.shared.counters.clone()
+    }
+
+    pub fn health(&self) -> Arc<PipelineHealth> {
+        self.shared.health.clone()
+    }
+
+    /// The plugin version new records run on.
+    pub fn plugin(&self) -> Arc<Plugin> {
+        self.shared.workers.plugin()
+    }
+
+    /// Committed offsets of the current assignment (for the demo and tests).
+    pub async fn committed(&self) -> anyhow::Result<Vec<(String, i32, i64)>> {
+        let consumer = self.shared.consumer().clone();
+        tokio::task::spawn_blocking(move || consumer.committed(Duration::from_secs(10)))
+            .await?
+            .context("reading committed offsets")
+    }
+
+    /// Stops consuming, finishes records in flight (bounded by `timeout`),
+    /// commits, flushes and closes the clients.
+    pub async fn stop(self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        self.stop.cancel();
+        let _ = self.router.await;
+        let shared = self.shared.clone();
+        let all: Vec<(String, i32)> = shared
+            .routes()
+            .iter()
+            .flat_map(|(t, ps)| ps.keys().map(move |p| (t.clone(), *p)))
+            .collect();
+        let revoking = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || revoking.revoke(&all, false, deadline)).await;
+        let consumer = shared.consumer().clone();
+        let committing = consumer.clone();
+        match tokio::task::spawn_blocking(move || committing.commit_sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(pipeline = %shared.name, %error, "Final commit failed; some records may be repeated after restart.")
+            }
+            Err(error) => {
+                tracing::warn!(pipeline = %shared.name, %error, "Final commit task failed.")
+            }
+        }
+        let remaining = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        if let Err(error) = shared.producer.flush(remaining).await {
+            tracing::warn!(pipeline = %shared.name, %error, "Producer flush incomplete.");
+        }
+        shared.tasks.close();
+        let _ = tokio::time::timeout(remaining, shared.tasks.wait()).await;
+        consumer.close(remaining).await;
+        tracing::info!(pipeline = %shared.name, "Pipeline stopped.");
+    }
+}
+
+/// The router: one task per pipeline that polls the consumer (which also
+/// serves rebalance callbacks) and feeds partition buffers.
+async fn route_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let consumer = shared.consumer().clone();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            _ = tick.tick() => shared.drain_overflow(),
+            received = consumer.recv() => match received {
+                Ok(record) => shared.route(record),
+                Err(error) => {
+                    if let Some(suppressed) = shared.logs.check("consume") {
+                        tracing::warn!(pipeline = %shared.name, %error, suppressed, "Consumer error; librdkafka retries by itself.");
+                    }
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! One assigned partition: a worker that runs its records through the
+//! plugin in offset order and hands what to produce to an acker, which
+//! waits for the broker's acknowledgements in the same order and only then
+//! stores the offset. The stored offset is therefore always the end of the
+//! contiguous prefix of finished records.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use super::backoff;
+use crate::health::{Done, PartitionProgress};
+use crate::kafka::{Delivery, Outgoing, SendError};
+use crate::record::{FailureKind, Record};
+
+/// Records taken from the partition's buffer per plugin run.
+const BATCH: usize = 64;
+
+/// Produce failures back off from here up to the pipeline's max backoff.
+const PRODUCE_BACKOFF: Duration = Duration::from_millis(100);
+
+/// One record's work, waiting for the broker.
+pub(super) struct Pending {
+    offset: i64,
+    /// What was sent, kept so it can be sent again, and its delivery (or
+    /// why handing it to librdkafka already failed).
+    sends: Vec<(Outgoing, Result<Delivery, SendError>)>,
+    /// For log lines: is this a dead letter?
+    dead_letter: bool,
+}
+
+/// Everything a partition's two tasks share.
+pub(super) struct Partition {
+    pub shared: Arc<Shared>,
+    pub topic: String,
+    pub partition: i32,
+    pub progress: Arc<PartitionProgress>,
+    /// Cancelled on revoke or shutdown: stop taking new records.
+    pub cancel: CancellationToken,
+}
+
+/// Runs records from `rx` through the plugin; sends what to produce to the acker.
+pub(super) async fn worker(
+    part: Arc<Partition>,
+    mut rx: mpsc::Receiver<Record>,
+    acks: mpsc::Sender<Pending>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        batch.clear();
+        tokio::select! {
+            biased;
+            () = part.cancel.cancelled() => break,
+            n = rx.recv_many(&mut batch, BATCH) => if n == 0 { break },
+        }
+        let records: VecDeque<Record> = batch.drain(..).collect();
+        if !run_batch(&part, records, &acks).await {
+            break;
+        }
+    }
+}
+
+/// Handles a batch, retrying in place. False when the partition must stop.
+async fn run_batch(
+    part: &Partition,
+    mut queue: VecDeque<Record>,
+    acks: &mpsc::Sender<Pending>,
+) -> bool {
+    let shared = &part.shared;
+    let retry = &shared.retry;
+    let (initial, max) = (
+        Duration::from_millis(retry.initial_backoff_ms),
+        Duration::from_millis(retry.max_backoff_ms),
+    );
+    // Attempts of the record at the head of the queue.
+    let mut attempts: u32 = 1;
+    let mut host_errors: u32 = 0;
+    while !queue.is_empty() {
+        let result = shared.workers.run(queue).await;
+        queue = result.rest;
+        for (record, outcome) in result.done {
+            let failure = match outcome {
+                Ok(outputs) => {
+                    let plugin = shared.workers.plugin();
+                    let sends = shared.labels.outputs(outputs, plugin.id());
+                    if !hand_over(part, record.offset, sends, false, acks).await {
+                        return false;
+                    }
+                    attempts = 1;
+                    host_errors = 0;
+                    continue;
+                }
+                Err(failure) => failure,
+            };
+            if failure.kind.is_host_side() {
+                // Not the record's fault: retry it for as long as it takes.
+                host_errors += 1;
+                if let Some(suppressed) = shared.logs.check("host-side") {
+                    tracing::warn!(pipeline = %shared.name, topic = %record.topic, partition = record.partition,
+                        offset = record.offset, suppressed, error = %failure, "Cannot run the plugin; retrying the record.");
+                }
+                queue.push_front(record);
+                if !sleep_or_cancel(&part.cancel, backoff::delay(host_errors, initial, max)).await {
+                    return false;
+                }
+                break;
+            }
+            if failure.kind == FailureKind::Retry && attempts < retry.max_attempts {
+                tracing::debug!(pipeline = %shared.name, offset = record.offset, attempts, reason = %failure.message, "Plugin asked for a retry.");
+                let delay = backoff::delay(attempts, initial, max);
+                attempts += 1;
+                queue.push_front(record);
+                if !sleep_or_cancel(&part.cancel, delay).await {
+                    return false;
+                }
+                break;
+            }
+            let mut failure = failure;
+            if failure.kind == FailureKind::Retry {
+                failure.kind = FailureKind::RetriesExhausted;
+            }
+            if let Some(suppressed) = shared.logs.check(failure.kind.as_str()) {
+                tracing::warn!(pipeline = %shared.name, topic = %record.topic, partition = record.partition,
+                    offset = record.offset, plugin = %failure.plugin, kind = %failure.kind, suppressed,
+                    "Record failed: {}; dead-lettering it.", failure.message);
+            }
+            shared
+                .counters
+                .dead_lettered
+                .fetch_add(1, Ordering::Relaxed);
+            let offset = record.offset;
+            let dead_letter = shared.labels.dead_letter(record, &failure, attempts);
+            if !hand_over(part, offset, vec![dead_letter], true, acks).await {
+                return false;
+            }
+            attempts = 1;
+            host_errors = 0;
+        }
+    }
+    true
+}
+
+/// Sends a record's outputs (or dead letter) and queues them for the acker.
+async fn hand_over(
+    part: &Partition,
+    offset: i64,
+    records: Vec<Outgoing>,
+    dead_letter: bool,
+    acks: &mpsc::Sender<Pending>,
+) -> bool {
+    let mut sends = Vec::with_capacity(records.len());
+    for record in records {
+        let delivery = part.shared.producer.send(&record).await;
+        sends.push((record, delivery));
+    }
+    acks.send(Pending {
+        offset,
+        sends,
+        dead_letter,
+    })
+    .await
+    .is_ok()
+}
+
+/// Sleeps, or returns false at once if cancelled.
+async fn sleep_or_cancel(cancel: &CancellationToken, delay: Duration) -> bool {
+    tokio::select! {
+        () = cancel.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
+    }
+}
+
+/// Waits for every delivery in order, re-sending failures with backoff, and
+/// stores each record's offset once all its sends are acknowledged.
+pub(super) async fn acker(part: Arc<Partition>, mut rx: mpsc::Receiver<Pending>, done: Arc<Done>) {
+    let shared = &part.shared;
+    'records: while let Some(pending) = rx.recv().await {
+        for (record, delivery) in pending.sends {
+            let mut delivery = delivery;
+            let mut failures: u32 = 0;
+            loop {
+                let result = match delivery {
+                    Ok(delivery) => delivery.await,
+                    Err(error) => Err(error),
+                };
+                let error = match result {
+                    Ok(()) => break,
+                    Err(error) => error,
+                };
+                failures += 1;
+                let what = if pending.dead_letter {
+                    "dead letter"
+                } else {
+                    "output"
+                };
+                let reason = format!(
+                    "producing the {what} of offset {} to {} failed: {error}",
+                    pending.offset, record.topic
+                );
+                part.progress.set_blocked(Some(reason.clone()));
+                if let Some(suppressed) = shared
+                    .logs
+                    .check(&format!("produce:{}:{}", part.topic, part.partition))
+                {
+                    // Nothing is lost (the record is retried and its offset
+                    // not stored), but an operator must look.
+                    tracing::error!(pipeline = %shared.name, topic = %part.topic, partition = part.partition,
+                        offset = pending.offset, failures, suppressed, "{reason}; the partition waits and retries.");
+                }
+                let delay = backoff::delay(
+                    failures,
+                    PRODUCE_BACKOFF,
+                    Duration::from_millis(shared.retry.max_backoff_ms),
+                );
+                if !sleep_or_cancel(&part.cancel, delay).await {
+                    break 'records;
+                }
+                delivery = shared.producer.send(&record).await;
+            }
+            if failures > 0 {
+                part.progress.set_blocked(None);
+                tracing::info!(pipeline = %shared.name, topic = %part.topic, partition = part.partition,
+                    offset = pending.offset, failures, "Produce recovered.");
+            }
+        }
+        if part.progress.lost.load(Ordering::Relaxed) {
+            continue;
+        }
+        if let Err(error) =
+            shared
+                .consumer()
+                .store_offset(&part.topic, part.partition, pending.offset)
+        {
+            // Only when the partition was revoked meanwhile: its next owner
+            // starts from the last commit and may repeat a few records.
+            tracing::debug!(pipeline = %shared.name, topic = %part.topic, partition = part.partition, %error, "Offset not stored.");
+        }
+        part.progress.completed(pending.offset);
+    }
+    done.set();
+}

@@ -1,0 +1,126 @@
+//! Running records through the plugin: a bounded set of instances shared
+//! by a pipeline's partitions, each call on a blocking thread.
+//!
+//! The semaphore is the backpressure: a partition waits for a permit before
+//! it takes an instance, so at most `workers` plugin calls run at once and
+//! at most `workers` instances exist, however many partitions are assigned.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
+use tokio::sync::Semaphore;
+
+use crate::record::{FailureKind, Outcome, Record};
+use crate::runtime::{Instance, Plugin};
+
+/// What one run over a batch produced.
+#[derive(Debug)]
+pub struct BatchResult {
+    /// Records handled, in order, with their outcomes. The last one may be
+    /// a `retry` or host-side failure, which stops the batch there.
+    pub done: Vec<(Record, Outcome)>,
+    /// Records not run because the batch stopped early.
+    pub rest: VecDeque<Record>,
+}
+
+/// The pipeline's instances and the permits to use them.
+pub struct Workers {
+    pipeline: String,
+    /// The version new instances are made from; swapped by deploys.
+    plugin: ArcSwap<Plugin>,
+    permits: Semaphore,
+    idle: Mutex<Vec<Instance>>,
+}
+
+impl std::fmt::Debug for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workers")
+            .field("pipeline", &self.pipeline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Workers {
+    pub fn new(pipeline: &str, plugin: Arc<Plugin>, workers: usize) -> Self {
+        Self {
+            pipeline: pipeline.to_owned(),
+            plugin: ArcSwap::new(plugin),
+            permits: Semaphore::new(workers),
+            idle: Mutex::new(Vec::with_capacity(workers)),
+        }
+    }
+
+    pub fn plugin(&self) -> Arc<Plugin> {
+        self.plugin.load_full()
+    }
+
+    /// Switches to `plugin` between records: batches already running finish
+    /// on the version they started with.
+    pub fn swap(&self, plugin: Arc<Plugin>) -> Arc<Plugin> {
+        self.plugin.swap(plugin)
+    }
+
+    fn checkout(&self) -> Instance {
+        let current = self.plugin.load_full();
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(instance) = idle.pop() {
+            if Arc::ptr_eq(instance.plugin(), &current) {
+                return instance;
+            }
+            // An instance of an older version: drop it.
+        }
+        Instance::new(current)
+    }
+
+    fn checkin(&self, instance: Instance) {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(instance);
+    }
+
+    /// Runs `records` in order on one instance, stopping after the first
+    /// record that must be retried (plugin `retry` or a host-side failure).
+    pub async fn run(&self, records: VecDeque<Record>) -> BatchResult {
+        // The semaphore is never closed, so acquire cannot fail.
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("the workers semaphore is never closed");
+        let mut instance = self.checkout();
+        let pipeline = self.pipeline.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut records = records;
+            let mut done = Vec::with_capacity(records.len());
+            while let Some(record) = records.pop_front() {
+                let span = tracing::info_span!(
+                    "record",
+                    pipeline = %pipeline,
+                    topic = %record.topic,
+                    partition = record.partition,
+                    offset = record.offset,
+                    plugin = %instance.plugin().id()
+                );
+                let outcome = span.in_scope(|| instance.handle(&record));
+                let stop = matches!(&outcome, Err(f) if f.kind == FailureKind::Retry || f.kind.is_host_side());
+                done.push((record, outcome));
+                if stop {
+                    break;
+                }
+            }
+            (instance, BatchResult { done, rest: records })
+        })
+        .await;
+        match joined {
+            Ok((instance, result)) => {
+                self.checkin(instance);
+                result
+            }
+            // Our own code panicked (never the guest: guest faults are
+            // outcomes). Let it surface through this task's JoinHandle.
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The one wasmtime `Engine` of the process and its epoch ticker.
+//!
+//! Settings here are engine-wide by wasmtime's design (stack size, fuel
+//! metering, the instance pool); per-pipeline limits live in
+//! [`super::Limits`] and are enforced per `Store`.
+
+use std::num::NonZeroUsize;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Deserialize;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+
+/// The `[runtime]` section: process-wide Wasm engine settings.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSettings {
+    /// Largest wasm stack a guest may use, in KiB; deeper recursion traps
+    /// with `stack-overflow`. Engine-wide in wasmtime, so one value for all.
+    pub max_stack_kb: u32,
+    /// Instances the pooling allocator keeps slots for (across pipelines).
+    /// When all are busy, instantiation fails and the record is retried.
+    pub pool_instances: u32,
+    /// Granularity of the wall-clock deadline: a record may overrun its
+    /// `timeout_ms` by up to one tick.
+    pub epoch_tick_ms: u32,
+    /// Compile with fuel metering so pipelines may set `limits.fuel`.
+    /// Costs some speed; on automatically when any pipeline sets fuel.
+    pub fuel: bool,
+    /// Guest frames kept in a failure's backtrace.
+    pub max_backtrace_frames: u32,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            max_stack_kb: default_max_stack_kb(),
+            pool_instances: default_pool_instances(),
+            epoch_tick_ms: default_epoch_tick_ms(),
+            fuel: false,
+            max_backtrace_frames: default_max_backtrace_frames(),
+        }
+    }
+}
+
+const fn default_max_stack_kb() -> u32 {
+    512
+}
+const fn default_pool_instances() -> u32 {
+    256
+}
+const fn default_epoch_tick_ms() -> u32 {
+    2
+}
+const fn default_max_backtrace_frames() -> u32 {
+    32
+}
+
+/// Builds the engine and starts the ticker that drives every deadline.
+pub(crate) fn build(settings: &EngineSettings) -> anyhow::Result<Engine> {
+    let mut pool = PoolingAllocationConfig::default();
+    let instances = settings.pool_instances.max(1);
+    pool.total_component_instances(instances)
+        // A component made by wasm-component-ld holds a handful of core
+        // instances (the program, its WASI shims and fixups).
+        .max_core_instances_per_component(32)
+        .total_core_instances(instances.saturating_mul(8))
+        .max_memories_per_component(4)
+        .total_memories(instances.saturating_mul(2))
+        .max_tables_per_component(8)
+        .total_tables(instances.saturating_mul(4))
+        // No pool-level cap: each Store enforces its pipeline's memory_mb.
+        .max_memory_size(4 << 30)
+        // Freed slots return their memory to the OS: flat RSS beats the
+        // last few microseconds of instantiation.
+        .linear_memory_keep_resident(0)
+        .table_keep_resident(0);
+
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .cranelift_opt_level(OptLevel::Speed)
+        .epoch_interruption(true)
+        .consume_fuel(settings.fuel)
+        .max_wasm_stack(settings.max_stack_kb as usize * 1024)
+        .wasm_backtrace_max_frames(NonZeroUsize::new(settings.max_backtrace_frames as usize))
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    let engine = Engine::new(&config)
+        .map_err(anyhow::Error::from)
+        .context("configuring the wasmtime engine")?;
+    start_ticker(
+        &engine,
+        Duration::from_millis(u64::from(settings.epoch_tick_ms.max(1))),
+    )?;
+    Ok(engine)
+}
+
+/// One thread per engine bumps the epoch; it ends when the engine is dropped.
+fn start_ticker(engine: &Engine, tick: Duration) -> anyhow::Result<()> {
+    let weak = engine.weak();
+    thread::Builder::new()
+        .name("sandpiper-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                thread::sleep(tick);
+            }
+        })
+        .context("starting the epoch ticker thread")?;
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! What the host gives a guest: its `Store` data, the `log` and `config`
+//! imports, a WASI that grants nothing, and the memory limiter.
+//!
+//! The only `bindgen!` of the project lives here.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::PluginId;
+use super::limits::Limits;
+use super::stdio::TailBuffer;
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "processor",
+});
+
+pub(crate) use sandpiper::plugin::log::Level;
+pub(crate) use sandpiper::plugin::types::{Failure as WitFailure, Output as WitOutput};
+
+/// Where the record being handled came from, so guest logs are attributed.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct RecordContext {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Data of one `Store`: lives as long as one instance.
+pub(crate) struct HostState {
+    /// A WASI context with no directories, environment, network or stdio.
+    wasi: WasiCtx,
+    /// WASI resources (streams) the guest holds.
+    table: ResourceTable,
+    /// Memory cap plus what we learn from it.
+    pub limiter: Limiter,
+    /// Tail of guest stdout/stderr for the current record.
+    pub stdio: TailBuffer,
+    /// The record being handled, for log attribution.
+    pub record: RecordContext,
+    /// Log lines emitted and suppressed for the current record.
+    pub log_lines: u32,
+    pub log_suppressed: u32,
+    /// Per-record cap on log lines.
+    max_log_lines: u32,
+    /// The plugin's `config` key-values.
+    config: Arc<BTreeMap<String, String>>,
+    /// For log attribution.
+    plugin: PluginId,
+}
+
+impl std::fmt::Debug for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostState")
+            .field("plugin", &self.plugin)
+            .field("record", &self.record)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostState {
+    pub(crate) fn new(
+        plugin: PluginId,
+        limits: &Limits,
+        config: Arc<BTreeMap<String, String>>,
+    ) -> Self {
+        let stdio = TailBuffer::new(limits.stdio_tail_bytes as usize);
+        // `WasiCtxBuilder::new` grants nothing: no preopens, no env, no args,
+        // no network (the default socket check denies every address).
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdio.clone())
+            .stderr(stdio.clone())
+            .allow_ip_name_lookup(false)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: Limiter::new(limits.memory_bytes()),
+            stdio,
+            record: RecordContext::default(),
+            log_lines: 0,
+            log_suppressed: 0,
+            max_log_lines: limits.max_log_lines,
+            config,
+            plugin,
+        }
+    }
+
+    /// Resets the per-record state before a call.
+    pub(crate) fn begin(&mut self, record: RecordContext) {
+        self.record = record;
+        self.log_lines = 0;
+        self.log_suppressed = 0;
+        self.limiter.denied = false;
+        self.stdio.clear();
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Largest log message passed on; longer ones are cut (on a char boundary).
+const MAX_LOG_MESSAGE: usize = 4096;
+
+impl sandpiper::plugin::log::Host for HostState {
+    fn log(&mut self, level: Level, message: String) {
+        if self.log_lines >= self.max_log_lines {
+            self.log_suppressed += 1;
+            return;
+        }
+        self.log_lines += 1;
+        let mut message = message;
+        if message.len() > MAX_LOG_MESSAGE {
+            let mut cut = MAX_LOG_MESSAGE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        let RecordContext {
+            topic,
+            partition,
+            offset,
+        } = &self.record;
+        let plugin = &self.plugin;
+        macro_rules! emit {
+            ($lvl:expr) => {
+                tracing::event!(target: "sandpiper::plugin", $lvl, %plugin, %topic, partition, offset, "{message}")
+            };
+        }
+        match level {
+            Level::Trace => emit!(tracing::Level::TRACE),
+            Level::Debug => emit!(tracing::Level::DEBUG),
+            Level::Info => emit!(tracing::Level::INFO),
+            Level::Warn => emit!(tracing::Level::WARN),
+            Level::Error => emit!(tracing::Level::ERROR),
+        }
+    }
+}
+
+impl sandpiper::plugin::config::Host for HostState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.config.get(&key).cloned()
+    }
+
+    fn entries(&mut self) -> Vec<(String, String)> {
+        self.config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+impl sandpiper::plugin::types::Host for HostState {}
+
+/// Builds the linker every plugin is checked and instantiated against.
+pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    Processor::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+    Ok(linker)
+}
+
+/// Enforces the memory cap and remembers whether it ever said no, so a trap
+/// right after a refused `memory.grow` is reported as `out-of-memory`.
+pub(crate) struct Limiter {
+    inner: StoreLimits,
+    /// A growth was refused during the current record.
+    pub denied: bool,
+    /// Largest linear memory size granted so far (bytes): the high-water mark.
+    pub peak_memory: usize,
+}
+
+impl Limiter {
+    fn new(memory_bytes: usize) -> Self {
+        Self {
+            inner: StoreLimitsBuilder::new().memory_size(memory_bytes).build(),
+            denied: false,
+            peak_memory: 0,
+        }
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let granted = self.inner.memory_growing(current, desired, maximum)?;
+        if granted {
+            self.peak_memory = self.peak_memory.max(desired);
+        } else {
+            self.denied = true;
+        }
+        Ok(granted)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}

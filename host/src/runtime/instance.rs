@@ -1,0 +1,304 @@
+//! Calling a plugin: one [`Instance`] per worker, turning every call into an
+//! [`Outcome`].
+//!
+//! An instance is not shared between threads; the pipeline keeps one per
+//! partition worker. It must never let a guest fault escape as a panic or an
+//! error: every path ends in outputs or a typed [`Failure`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::{Store, Trap, WasmBacktrace};
+
+use super::Plugin;
+use super::host::{HostState, Message, Processor, RecordContext, WitFailure, WitOutput};
+use super::limits::Isolation;
+use crate::record::{Failure, FailureKind, Outcome, Output, Record};
+
+/// A live guest: its store and bindings, plus what recycling looks at.
+struct Live {
+    store: Store<HostState>,
+    bindings: Processor,
+    created: Instant,
+    records: u64,
+}
+
+/// Calls one plugin, instantiating it lazily and replacing it after a trap.
+pub struct Instance {
+    plugin: Arc<Plugin>,
+    live: Option<Live>,
+    /// Instantiations so far (for metrics and tests).
+    instantiations: u64,
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance")
+            .field("plugin", &self.plugin.id)
+            .field("live", &self.live.is_some())
+            .field("instantiations", &self.instantiations)
+            .finish()
+    }
+}
+
+impl Instance {
+    pub fn new(plugin: Arc<Plugin>) -> Self {
+        Self {
+            plugin,
+            live: None,
+            instantiations: 0,
+        }
+    }
+
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    pub fn instantiations(&self) -> u64 {
+        self.instantiations
+    }
+
+    /// Instantiates now rather than on the first record.
+    pub fn warm(&mut self) -> Result<(), Failure> {
+        if self.live.is_none() {
+            self.live = Some(self.instantiate()?);
+        }
+        Ok(())
+    }
+
+    /// Runs one record through the plugin. Never panics on guest behaviour.
+    pub fn handle(&mut self, record: &Record) -> Outcome {
+        let mut live = match self.live.take() {
+            Some(live) => live,
+            None => self.instantiate()?,
+        };
+        let plugin = &self.plugin;
+        let limits = &plugin.settings.limits;
+        live.store.data_mut().begin(RecordContext {
+            topic: record.topic.clone(),
+            partition: record.partition,
+            offset: record.offset,
+        });
+        arm(&mut live.store, plugin);
+        live.records += 1;
+
+        let message = Message {
+            topic: record.topic.clone(),
+            partition: record.partition,
+            offset: record.offset,
+            timestamp: record.timestamp,
+            key: record.key.clone(),
+            value: record.value.clone(),
+            headers: record.headers.clone(),
+        };
+        let result = live.bindings.call_handle(&mut live.store, &message);
+        let state = live.store.data_mut();
+        if state.log_suppressed > 0 {
+            tracing::warn!(
+                plugin = %plugin.id,
+                suppressed = state.log_suppressed,
+                "Plugin log lines over the per-record limit were dropped."
+            );
+        }
+        let outcome = match result {
+            Ok(Ok(outputs)) => {
+                check_outputs(outputs, limits.max_outputs, limits.max_output_bytes, plugin)
+            }
+            Ok(Err(WitFailure::Retry(msg))) => {
+                Err(Failure::new(FailureKind::Retry, msg, plugin.id.clone()))
+            }
+            Ok(Err(WitFailure::Reject(msg))) => {
+                Err(Failure::new(FailureKind::Rejected, msg, plugin.id.clone()))
+            }
+            Err(error) => {
+                // A trap poisons the store: this instance is never used again.
+                let failure = classify(&error, state, plugin);
+                return Err(failure);
+            }
+        };
+        if self.keep(&live) {
+            self.live = Some(live);
+        }
+        outcome
+    }
+
+    /// Whether a healthy instance may serve the next record.
+    fn keep(&self, live: &Live) -> bool {
+        let settings = &self.plugin.settings;
+        if settings.isolation == Isolation::PerRecord {
+            return false;
+        }
+        let recycle = &settings.recycle;
+        let peak = live.store.data().limiter.peak_memory;
+        live.records < recycle.max_records
+            && live.created.elapsed() < Duration::from_secs(recycle.max_age_secs)
+            && recycle
+                .max_memory_mb
+                .is_none_or(|mb| peak <= mb as usize * (1 << 20))
+    }
+
+    fn instantiate(&mut self) -> Result<Live, Failure> {
+        let plugin = &self.plugin;
+        let settings = &plugin.settings;
+        let state = HostState::new(plugin.id.clone(), &settings.limits, settings.config.clone());
+        let mut store = Store::new(&plugin.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        // Start functions run under the same deadline and fuel as a record.
+        arm(&mut store, plugin);
+        self.instantiations += 1;
+        match plugin.pre.instantiate(&mut store) {
+            Ok(bindings) => Ok(Live {
+                store,
+                bindings,
+                created: Instant::now(),
+                records: 0,
+            }),
+            Err(error) => {
+                let mut failure = classify(&error, store.data_mut(), plugin);
+                // A guest that traps in its start function is the plugin's
+                // fault; anything else (the pool is full) is the host's.
+                if error.downcast_ref::<Trap>().is_none() {
+                    failure.kind = FailureKind::InstantiateError;
+                }
+                Err(failure)
+            }
+        }
+    }
+}
+
+/// Sets the deadline (and fuel) for the next call.
+fn arm(store: &mut Store<HostState>, plugin: &Plugin) {
+    let limits = &plugin.settings.limits;
+    let tick = plugin.tick.as_millis().max(1) as u64;
+    // +1: the current epoch period is already partly over.
+    store.set_epoch_deadline(limits.timeout_ms.div_ceil(tick) + 1);
+    store.epoch_deadline_trap();
+    if plugin.fuel_metered {
+        // Unmetered pipelines on a fuel-enabled engine get all the fuel.
+        let _ = store.set_fuel(limits.fuel.unwrap_or(u64::MAX));
+    }
+}
+
+fn check_outputs(
+    outputs: Vec<WitOutput>,
+    max_outputs: u32,
+    max_bytes: u64,
+    plugin: &Plugin,
+) -> Outcome {
+    if outputs.len() > max_outputs as usize {
+        return Err(Failure::new(
+            FailureKind::OutputLimit,
+            format!(
+                "{} outputs, more than the {max_outputs} allowed per record",
+                outputs.len()
+            ),
+            plugin.id.clone(),
+        ));
+    }
+    let outputs: Vec<Output> = outputs
+        .into_iter()
+        .map(|o| Output {
+            topic: o.topic,
+            key: o.key,
+            value: o.value,
+            headers: o.headers,
+        })
+        .collect();
+    let bytes: u64 = outputs.iter().map(|o| o.size() as u64).sum();
+    if bytes > max_bytes {
+        return Err(Failure::new(
+            FailureKind::OutputLimit,
+            format!("{bytes} output bytes, more than the {max_bytes} allowed per record"),
+            plugin.id.clone(),
+        ));
+    }
+    Ok(outputs)
+}
+
+/// Turns a wasmtime error from a call into a typed failure.
+fn classify(error: &wasmtime::Error, state: &mut HostState, plugin: &Plugin) -> Failure {
+    let trap = error.downcast_ref::<Trap>().copied();
+    let stderr = state.stdio.take();
+    let backtrace = error
+        .downcast_ref::<WasmBacktrace>()
+        .map(|bt| {
+            bt.frames()
+                .iter()
+                .map(|frame| {
+                    let func = frame.func_name().map_or_else(
+                        || format!("<wasm function {}>", frame.func_index()),
+                        str::to_owned,
+                    );
+                    match frame.module().name() {
+                        Some(module) => format!("{module}!{func}"),
+                        None => func,
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // A Rust guest whose allocation fails prints this and aborts.
+    let oom_in_stderr = stderr.contains("memory allocation of") && stderr.contains("failed");
+    let kind = match trap {
+        Some(Trap::Interrupt) => FailureKind::Timeout,
+        Some(Trap::OutOfFuel) => FailureKind::OutOfFuel,
+        _ if state.limiter.denied || oom_in_stderr => FailureKind::OutOfMemory,
+        _ => FailureKind::Trap,
+    };
+    let message = match kind {
+        FailureKind::Timeout => format!(
+            "deadline of {} ms exceeded",
+            plugin.settings.limits.timeout_ms
+        ),
+        FailureKind::OutOfMemory => format!(
+            "memory cap of {} MiB reached ({})",
+            plugin.settings.limits.memory_mb,
+            root_message(error)
+        ),
+        _ => root_message(error),
+    };
+    Failure {
+        kind,
+        message,
+        trap: trap.map(trap_code),
+        backtrace,
+        stderr,
+        plugin: plugin.id.clone(),
+    }
+}
+
+fn root_message(error: &wasmtime::Error) -> String {
+    match error.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => format!("{error:#}"),
+    }
+}
+
+/// Stable kebab-case names for trap codes.
+pub(crate) fn trap_code(trap: Trap) -> String {
+    match trap {
+        Trap::StackOverflow => "stack-overflow".into(),
+        Trap::MemoryOutOfBounds => "memory-out-of-bounds".into(),
+        Trap::HeapMisaligned => "heap-misaligned".into(),
+        Trap::TableOutOfBounds => "table-out-of-bounds".into(),
+        Trap::IndirectCallToNull => "indirect-call-to-null".into(),
+        Trap::BadSignature => "bad-signature".into(),
+        Trap::IntegerOverflow => "integer-overflow".into(),
+        Trap::IntegerDivisionByZero => "integer-division-by-zero".into(),
+        Trap::BadConversionToInteger => "bad-conversion-to-integer".into(),
+        Trap::UnreachableCodeReached => "unreachable".into(),
+        Trap::Interrupt => "interrupt".into(),
+        Trap::OutOfFuel => "out-of-fuel".into(),
+        other => {
+            // Newer codes: derive kebab-case from the Debug name.
+            let mut out = String::new();
+            for (i, c) in format!("{other:?}").chars().enumerate() {
+                if c.is_ascii_uppercase() && i > 0 {
+                    out.push('-');
+                }
+                out.push(c.to_ascii_lowercase());
+            }
+            out
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! Write [Sandpiper](../../README.md) plugins in plain Rust.
+//!
+//! A plugin is a WebAssembly component that the Sandpiper host calls once per
+//! Kafka record. Implement [`Handler`] for a type and hand it to [`export!`]:
+//!
+//! ```ignore
+//! use sandpiper_sdk::{Failure, Handler, Message, Output};
+//!
+//! struct Upper;
+//!
+//! impl Handler for Upper {
+//!     fn handle(msg: Message) -> Result<Vec<Output>, Failure> {
+//!         let value = msg.value.as_deref().map(<[u8]>::to_ascii_uppercase);
+//!         sandpiper_sdk::debug!("offset {}", msg.offset);
+//!         Ok(vec![Output { value, ..Output::from_message(msg) }])
+//!     }
+//! }
+//!
+//! sandpiper_sdk::export!(Upper);
+//! ```
+//!
+//! Build with `cargo build --target wasm32-wasip2 --release`; see the crate's
+//! README for testing a plugin offline and for how faults map to outcomes.
+//!
+//! This crate is the only place that touches the generated WIT bindings
+//! (`wit/processor.wit`, world `sandpiper:plugin/processor@0.1.0`); plugin
+//! crates need no other dependency.
+
+#![warn(missing_docs, missing_debug_implementations)]
+
+use std::fmt;
+
+#[doc(hidden)]
+pub mod __private {
+    //! Not public API: used by the [`export!`](crate::export) macro expansion.
+
+    #[allow(missing_docs, missing_debug_implementations, clippy::all)]
+    pub mod bindings {
+        wit_bindgen::generate!({
+            path: "../../wit",
+            world: "processor",
+            pub_export_macro: true,
+            export_macro_name: "__sandpiper_export_processor",
+            default_bindings_module: "::sandpiper_sdk::__private::bindings",
+            generate_all,
+        });
+    }
+
+    use bindings::sandpiper::plugin::types as wit;
+
+    /// Runs `H` on one record in WIT form and converts the answer back.
+    pub fn dispatch<H: crate::Handler>(
+        msg: wit::Message,
+    ) -> Result<Vec<wit::Output>, wit::Failure> {
+        match H::handle(crate::Message::from_wit(msg)) {
+            Ok(outputs) => Ok(outputs.into_iter().map(crate::Output::into_wit).collect()),
+            Err(failure) => Err(failure.into_wit()),
+        }
+    }
+}
+
+use __private::bindings::sandpiper::plugin as wit;
+
+/// Kafka record headers, in order: `(name, raw value)` pairs. Names may repeat.
+pub type Headers = Vec<(String, Vec<u8>)>;
+
+/// The record the host hands to the plugin.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Message {
+    /// Topic the record was consumed from.
+    pub topic: String,
+    /// Partition the record was consumed from.
+    pub partition: i32,
+    /// Offset of the record in its partition.
+    pub offset: i64,
+    /// Milliseconds since the Unix epoch, when the record has one.
+    pub timestamp: Option<i64>,
+    /// Record key; `None` is a null key (not the same as an empty key).
+    pub key: Option<Vec<u8>>,
+    /// Record value; `None` is a null value (a tombstone), not an empty value.
+    pub value: Option<Vec<u8>>,
+    /// Headers, in order.
+    pub headers: Headers,
+}
+
+impl Message {
+    /// The value as UTF-8 text; `None` if the value is null or not valid UTF-8.
+    pub fn value_str(&self) -> Option<&str> {
+        self.value
+            .as_deref()
+            .and_then(|b| std::str::from_utf8(b).ok())
+    }
+
+    /// The key as UTF-8 text; `None` if the key is null or not valid UTF-8.
+    pub fn key_str(&self) -> Option<&str> {
+        self.key
+            .as_deref()
+            .and_then(|b| std::str::from_utf8(b).ok())
+    }
+
+    /// The value of the first header called `name` (case-sensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    fn from_wit(m: wit::types::Message) -> Self {
+        Self {
+            topic: m.topic,
+            partition: m.partition,
+            offset: m.offset,
+            timestamp: m.timestamp,
+            key: m.key,
+            value: m.value,
+            headers: m.headers,
+        }
+    }
+}
+
+/// A record the plugin asks the host to produce.
+///
+/// Build one with [`Output::value`], [`Output::new`] or
+/// [`Output::from_message`], then chain [`to_topic`](Output::to_topic),
+/// [`with_key`](Output::with_key), [`with_header`](Output::with_header).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Output {
+    /// Destination topic; `None` means the pipeline's default output topic.
+    pub topic: Option<String>,
+    /// Record key; `None` is a null key.
+    pub key: Option<Vec<u8>>,
+    /// Record value; `None` is a null value.
+    pub value: Option<Vec<u8>>,
+    /// Headers, in order.
+    pub headers: Headers,
+}
+
+impl Output {
+    /// An output with null key, null value, no headers, to the default topic.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An output with this value (null key, no headers, default topic).
+    pub fn value(value: impl Into<Vec<u8>>) -> Self {
+        Self {
+            value: Some(value.into()),
+            ..Self::default()
+        }
+    }
+
+    /// The record passed through: same key, value and headers, default topic.
+    pub fn from_message(msg: Message) -> Self {
+        Self {
+            topic: None,
+            key: msg.key,
+            value: msg.value,
+            headers: msg.headers,
+        }
+    }
+
+    /// Sends the output to `topic` instead of the pipeline's default output topic.
+    pub fn to_topic(mut self, topic: impl Into<String>) -> Self {
+        self.topic = Some(topic.into());
+        self
+    }
+
+    /// Sets the key.
+    pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets the value.
+    pub fn with_value(mut self, value: impl Into<Vec<u8>>) -> Self {
+        self.value = Some(value.into());
+        self
+    }
+
+    /// Appends a header (existing headers of the same name are kept).
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    fn into_wit(self) -> wit::types::Output {
+        wit::types::Output {
+            topic: self.topic,
+            key: self.key,
+            value: self.value,
+            headers: self.headers,
+        }
+    }
+}
+
+impl From<Message> for Output {
+    fn from(msg: Message) -> Self {
+        Self::from_message(msg)
+    }
+}
+
+/// A failure the plugin reports on purpose (traps are reported by the host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Transient (a dependency is down): retried with backoff, then
+    /// dead-lettered with kind `retries-exhausted`.
+    Retry(String),
+    /// Permanent (the payload is invalid): dead-lettered at once with kind
+    /// `rejected`.
+    Reject(String),
+}
+
+impl Failure {
+    /// A transient failure: the host retries the record with backoff.
+    pub fn retry(message: impl Into<String>) -> Self {
+        Self::Retry(message.into())
+    }
+
+    /// A permanent failure: the host dead-letters the record at once.
+    pub fn reject(message: impl Into<String>) -> Self {
+        Self::Reject(message.into())
+    }
+
+    /// The message given when the failure was made.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Retry(m) | Self::Reject(m) => m,
+        }
+    }
+
+    fn into_wit(self) -> wit::types::Failure {
+        match self {
+            Self::Retry(m) => wit::types::Failure::Retry(m),
+            Self::Reject(m) => wit::types::Failure::Reject(m),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Retry(m) => write!(f, "retry: {m}"),
+            Self::Reject(m) => write!(f, "reject: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// The plugin's business logic. Wire it to the host with [`export!`].
+pub trait Handler {
+    /// Handles one record: `Ok(vec![])` filters it out, several outputs fan
+    /// it out, `Err` reports a [`Failure`]. A panic traps the instance.
+    fn handle(msg: Message) -> Result<Vec<Output>, Failure>;
+}
+
+/// Exports a type implementing [`Handler`] as the component's `handle`
+/// function. Use it exactly once, at the top level of the plugin crate:
+/// `sandpiper_sdk::export!(MyPlugin);`
+#[macro_export]
+macro_rules! export {
+    ($handler:ty) => {
+        const _: () = {
+            struct __SandpiperExport;
+
+            impl $crate::__private::bindings::Guest for __SandpiperExport {
+                fn handle(
+                    msg: $crate::__private::bindings::Message,
+                ) -> ::core::result::Result<
+                    ::std::vec::Vec<$crate::__private::bindings::Output>,
+                    $crate::__private::bindings::Failure,
+                > {
+                    $crate::__private::dispatch::<$handler>(msg)
+                }
+            }
+
+            $crate::__private::bindings::__sandpiper_export_processor!(
+                __SandpiperExport with_types_in $crate::__private::bindings
+            );
+        };
+    };
+}
+
+/// Logging through the host, which attributes each line to the record being
+/// handled. Prefer this (or the [`info!`](crate::info) family of macros) to
+/// `println!`: guest stdout/stderr only go to a small bounded capture buffer.
+pub mod log {
+    use crate::wit::log::{Level, log};
+
+    /// Logs `message` at trace level.
+    pub fn trace(message: &str) {
+        log(Level::Trace, message);
+    }
+
+    /// Logs `message` at debug level.
+    pub fn debug(message: &str) {
+        log(Level::Debug, message);
+    }
+
+    /// Logs `message` at info level.
+    pub fn info(message: &str) {
+        log(Level::Info, message);
+    }
+
+    /// Logs `message` at warn level.
+    pub fn warn(message: &str) {
+        log(Level::Warn, message);
+    }
+
+    /// Logs `message` at error level.
+    pub fn error(message: &str) {
+        log(Level::Error, message);
+    }
+}
+
+/// Logs a `format!`-style message at trace level through the host.
+#[macro_export]
+macro_rules! trace {
+    ($($arg:tt)+) => { $crate::log::trace(&::std::format!($($arg)+)) };
+}
+
+/// Logs a `format!`-style message at debug level through the host.
+#[macro_export]
+macro_rules! debug {
+    ($($arg:tt)+) => { $crate::log::debug(&::std::format!($($arg)+)) };
+}
+
+/// Logs a `format!`-style message at info level through the host.
+#[macro_export]
+macro_rules! info {
+    ($($arg:tt)+) => { $crate::log::info(&::std::format!($($arg)+)) };
+}
+
+/// Logs a `format!`-style message at warn level through the host.
+#[macro_export]
+macro_rules! warn {
+    ($($arg:tt)+) => { $crate::log::warn(&::std::format!($($arg)+)) };
+}
+
+/// Logs a `format!`-style message at error level through the host.
+#[macro_export]
+macro_rules! error {
+    ($($arg:tt)+) => { $crate::log::error(&::std::format!($($arg)+)) };
+}
+
+/// The plugin's own settings: the pipeline's `[pipeline.plugin_config]`
+/// table (offline: `sandpiper plugin test --config KEY=VALUE`). Read-only and
+/// the same for every record an instance handles.
+pub mod config {
+    use crate::wit::config as host;
+
+    /// The value set for `key`, if any.
+    pub fn get(key: &str) -> Option<String> {
+        host::get(key)
+    }
+
+    /// Every key-value pair, sorted by key.
+    pub fn entries() -> Vec<(String, String)> {
+        host::entries()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_helpers() {
+        let msg = Message {
+            key: Some(b"k\xff".to_vec()),
+            value: Some(b"hello".to_vec()),
+            headers: vec![("a".into(), b"1".to_vec()), ("a".into(), b"2".to_vec())],
+            ..Message::default()
+        };
+        assert_eq!(msg.value_str(), Some("hello"));
+        assert_eq!(msg.key_str(), None);
+        assert_eq!(msg.header("a"), Some(&b"1"[..]));
+        assert_eq!(msg.header("A"), None);
+    }
+
+    #[test]
+    fn output_builders() {
+        let out = Output::value("v")
+            .to_topic("t")
+            .with_key("k")
+            .with_header("h", "x");
+        assert_eq!(out.topic.as_deref(), Some("t"));
+        assert_eq!(out.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(out.value.as_deref(), Some(&b"v"[..]));
+        assert_eq!(out.headers, vec![("h".to_string(), b"x".to_vec())]);
+        assert_eq!(Output::new(), Output::default());
+        assert_eq!(Failure::retry("x"), Failure::Retry("x".into()));
+        assert_eq!(Failure::reject("y").message(), "y");
+    }
+}

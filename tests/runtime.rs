@@ -1,0 +1,389 @@
+//! The runtime contains every guest fault as a typed failure of one record.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sandpiper::record::{Failure, FailureKind, Outcome};
+use sandpiper::runtime::{
+    EngineSettings, Instance, Isolation, Limits, PluginError, PluginSettings, Runtime,
+};
+
+use crate::support::{self, load, record};
+
+fn chaos(limits: Limits) -> Instance {
+    Instance::new(load(
+        "chaos",
+        PluginSettings {
+            limits,
+            ..PluginSettings::default()
+        },
+    ))
+}
+
+fn fails(outcome: Outcome) -> Failure {
+    match outcome {
+        Ok(outputs) => panic!("expected a failure, got {} outputs", outputs.len()),
+        Err(failure) => failure,
+    }
+}
+
+fn value(outcome: Outcome) -> String {
+    let outputs = outcome.expect("expected outputs");
+    assert_eq!(outputs.len(), 1, "{outputs:?}");
+    String::from_utf8(outputs[0].value.clone().expect("a value")).expect("utf-8")
+}
+
+#[test]
+fn a_normal_record_is_uppercased_with_key_and_headers() {
+    let mut i = chaos(Limits::default());
+    let outputs = i.handle(&record(0, "hello")).expect("ok");
+    assert_eq!(outputs[0].value.as_deref(), Some(&b"HELLO"[..]));
+    assert_eq!(outputs[0].key.as_deref(), Some(&b"k0"[..]));
+    assert_eq!(outputs[0].headers, vec![("h".to_owned(), b"v".to_vec())]);
+}
+
+#[test]
+fn a_panic_is_a_trap_with_its_message_in_stderr() {
+    let mut i = chaos(Limits::default());
+    let f = fails(i.handle(&record(0, "panic")));
+    assert_eq!(f.kind, FailureKind::Trap);
+    assert_eq!(f.trap.as_deref(), Some("unreachable"));
+    assert!(
+        f.stderr.contains("chaos: panic on demand"),
+        "stderr: {}",
+        f.stderr
+    );
+    assert!(!f.backtrace.is_empty(), "a guest backtrace");
+    assert_eq!(f.plugin.name(), "chaos");
+}
+
+#[test]
+fn unwrap_of_none_is_a_trap_and_the_next_record_succeeds_on_a_fresh_instance() {
+    let mut i = chaos(Limits::default());
+    assert_eq!(value(i.handle(&record(0, "before"))), "BEFORE");
+    assert_eq!(i.instantiations(), 1);
+    let f = fails(i.handle(&record(1, "unwrap-none")));
+    assert_eq!(f.kind, FailureKind::Trap);
+    assert!(
+        f.stderr.contains("unwrap") && f.stderr.contains("None"),
+        "stderr: {}",
+        f.stderr
+    );
+    assert_eq!(value(i.handle(&record(2, "after"))), "AFTER");
+    assert_eq!(i.instantiations(), 2, "the trapped instance was replaced");
+}
+
+#[test]
+fn out_of_bounds_access_traps() {
+    let f = fails(chaos(Limits::default()).handle(&record(0, "oob")));
+    assert_eq!(f.kind, FailureKind::Trap);
+    assert_eq!(f.trap.as_deref(), Some("memory-out-of-bounds"));
+}
+
+#[test]
+fn reading_address_zero_does_not_trap() {
+    // Wasm has no null page: documented for plugin authors.
+    let v = value(chaos(Limits::default()).handle(&record(0, "null-read")));
+    assert!(v.parse::<u64>().is_ok(), "{v}");
+}
+
+#[test]
+fn an_endless_loop_times_out_within_twice_its_deadline() {
+    let limits = Limits {
+        timeout_ms: 100,
+        ..Limits::default()
+    };
+    let mut i = chaos(limits);
+    i.warm().expect("instantiates");
+    let started = Instant::now();
+    let f = fails(i.handle(&record(0, "loop")));
+    let took = started.elapsed();
+    assert_eq!(f.kind, FailureKind::Timeout);
+    assert!(took >= Duration::from_millis(100), "{took:?}");
+    assert!(took < Duration::from_millis(200), "{took:?}");
+    assert_eq!(value(i.handle(&record(1, "fine"))), "FINE");
+}
+
+#[test]
+fn a_memory_bomb_hits_the_cap_as_out_of_memory() {
+    let limits = Limits {
+        memory_mb: 16,
+        ..Limits::default()
+    };
+    let mut i = chaos(limits);
+    let f = fails(i.handle(&record(0, "memory-bomb")));
+    assert_eq!(f.kind, FailureKind::OutOfMemory, "{f:?}");
+    assert!(f.message.contains("16 MiB"), "{}", f.message);
+    assert_eq!(value(i.handle(&record(1, "next"))), "NEXT");
+}
+
+#[test]
+fn deep_recursion_overflows_the_stack() {
+    let f = fails(chaos(Limits::default()).handle(&record(0, "recursion")));
+    assert_eq!(f.kind, FailureKind::Trap);
+    assert_eq!(f.trap.as_deref(), Some("stack-overflow"));
+}
+
+#[test]
+fn a_huge_fan_out_fails_the_record_not_the_host() {
+    let mut i = chaos(Limits::default());
+    let f = fails(i.handle(&record(0, "fanout:1000000")));
+    assert!(
+        matches!(f.kind, FailureKind::OutputLimit | FailureKind::OutOfMemory),
+        "{f:?}"
+    );
+    let f = fails(i.handle(&record(1, "fanout:1001")));
+    assert_eq!(f.kind, FailureKind::OutputLimit);
+    assert!(
+        i.handle(&record(2, "fanout:1000")).is_ok(),
+        "at the limit is fine"
+    );
+}
+
+#[test]
+fn output_bytes_are_capped() {
+    let limits = Limits {
+        max_output_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let mut i = chaos(limits);
+    let f = fails(i.handle(&record(0, "big-output:2000000")));
+    assert_eq!(f.kind, FailureKind::OutputLimit);
+    assert!(i.handle(&record(1, "big-output:1000000")).is_ok());
+}
+
+#[test]
+fn retry_and_reject_are_reported_as_asked() {
+    let mut i = chaos(Limits::default());
+    let f = fails(i.handle(&record(0, "retry")));
+    assert_eq!(
+        (f.kind, f.message.as_str()),
+        (FailureKind::Retry, "chaos: dependency down")
+    );
+    let f = fails(i.handle(&record(1, "reject")));
+    assert_eq!(
+        (f.kind, f.message.as_str()),
+        (FailureKind::Rejected, "chaos: invalid payload")
+    );
+    assert_eq!(
+        i.instantiations(),
+        1,
+        "a plugin's own failure keeps the instance"
+    );
+}
+
+#[test]
+fn the_guest_cannot_read_host_files_or_environment() {
+    // SAFETY of the test: set in this process so a leaky sandbox would show it.
+    let mut i = chaos(Limits::default());
+    let v = value(i.handle(&record(0, "read-file")));
+    assert!(v.starts_with("denied:"), "{v}");
+    let v = value(i.handle(&record(1, "read-env")));
+    assert_eq!(v, "env: 0 none");
+}
+
+#[test]
+fn flooding_stdout_does_not_fail_the_record() {
+    let mut i = chaos(Limits::default());
+    assert!(i.handle(&record(0, "stdout-flood")).is_ok());
+}
+
+#[test]
+fn stderr_tail_is_bounded_and_keeps_the_end() {
+    let f = fails(chaos(Limits::default()).handle(&record(0, "stderr-then-panic")));
+    assert!(f.stderr.len() <= Limits::default().stdio_tail_bytes as usize + 8);
+    assert!(f.stderr.contains("chaos: after stderr"), "{}", f.stderr);
+}
+
+#[test]
+fn plugin_config_reaches_the_guest() {
+    let settings = PluginSettings {
+        config: Arc::new(
+            [("color".to_owned(), "blue".to_owned())]
+                .into_iter()
+                .collect(),
+        ),
+        ..PluginSettings::default()
+    };
+    let v = value(Instance::new(load("chaos", settings)).handle(&record(0, "config")));
+    assert_eq!(v, r#"{"color":"blue"}"#);
+}
+
+#[test]
+fn per_record_isolation_uses_a_fresh_instance_each_time() {
+    let settings = PluginSettings {
+        isolation: Isolation::PerRecord,
+        ..PluginSettings::default()
+    };
+    let mut i = Instance::new(load("uppercase", settings));
+    for n in 0..5 {
+        assert!(i.handle(&record(n, "x")).is_ok());
+    }
+    assert_eq!(i.instantiations(), 5);
+}
+
+#[test]
+fn fuel_stops_a_loop_as_out_of_fuel() {
+    let runtime = Runtime::new(EngineSettings {
+        fuel: true,
+        ..EngineSettings::default()
+    })
+    .expect("engine");
+    let settings = PluginSettings {
+        limits: Limits {
+            fuel: Some(10_000_000),
+            timeout_ms: 10_000,
+            ..Limits::default()
+        },
+        ..PluginSettings::default()
+    };
+    let plugin = runtime
+        .load_file(&support::plugin("chaos"), settings)
+        .expect("loads");
+    let mut i = Instance::new(plugin);
+    assert_eq!(
+        fails(i.handle(&record(0, "loop"))).kind,
+        FailureKind::OutOfFuel
+    );
+    assert!(i.handle(&record(1, "ok")).is_ok());
+}
+
+#[test]
+fn an_exhausted_pool_is_a_host_side_failure() {
+    let runtime = Runtime::new(EngineSettings {
+        pool_instances: 2,
+        ..EngineSettings::default()
+    })
+    .expect("engine");
+    // Loading instantiates once (then drops it): the pool has room again.
+    let plugin = runtime
+        .load_file(&support::plugin("uppercase"), PluginSettings::default())
+        .expect("loads");
+    let mut a = Instance::new(plugin.clone());
+    let mut b = Instance::new(plugin.clone());
+    let mut c = Instance::new(plugin);
+    assert!(a.handle(&record(0, "a")).is_ok());
+    assert!(b.handle(&record(0, "b")).is_ok());
+    let f = fails(c.handle(&record(0, "c")));
+    assert_eq!(f.kind, FailureKind::InstantiateError, "{f:?}");
+    assert!(f.kind.is_host_side());
+    drop(a);
+    assert!(
+        c.handle(&record(1, "c")).is_ok(),
+        "works once a slot is free"
+    );
+}
+
+#[test]
+fn ten_thousand_records_with_one_percent_traps_each_get_one_outcome() {
+    let mut i = chaos(Limits::default());
+    let (mut ok, mut traps) = (0, 0);
+    for n in 0..10_000i64 {
+        let v = if n % 100 == 42 {
+            "unwrap-none".to_owned()
+        } else {
+            format!("record {n}")
+        };
+        match i.handle(&record(n, &v)) {
+            Ok(outputs) => {
+                assert_eq!(outputs.len(), 1);
+                assert_eq!(
+                    outputs[0].value.as_deref(),
+                    Some(v.to_uppercase().as_bytes())
+                );
+                ok += 1;
+            }
+            Err(f) => {
+                assert_eq!(f.kind, FailureKind::Trap);
+                assert_eq!(n % 100, 42, "only poison records fail");
+                traps += 1;
+            }
+        }
+    }
+    assert_eq!((ok, traps), (9_900, 100));
+    assert_eq!(i.instantiations(), 101, "one instance plus one per trap");
+}
+
+mod bad_files {
+    use super::*;
+
+    fn load_err(path: &std::path::Path) -> String {
+        let err = support::runtime()
+            .load_file(path, PluginSettings::default())
+            .expect_err("must be refused");
+        err.to_string()
+    }
+
+    #[test]
+    fn not_wasm() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notes.wasm");
+        std::fs::write(&path, "just some text").expect("write");
+        let e = load_err(&path);
+        assert!(
+            e.contains("notes.wasm") && e.contains("not WebAssembly"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_core_module() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("core.wasm");
+        std::fs::write(&path, b"\0asm\x01\0\0\0").expect("write");
+        let e = load_err(&path);
+        assert!(
+            e.contains("core.wasm") && e.contains("core WebAssembly module"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_truncated_component() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bytes = std::fs::read(support::plugin("uppercase")).expect("read");
+        let path = dir.path().join("truncated.wasm");
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("write");
+        let e = load_err(&path);
+        assert!(
+            e.contains("truncated.wasm") && e.contains("not a valid component"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn another_world() {
+        let path = support::plugin("not-a-plugin");
+        let e = load_err(&path);
+        assert!(
+            e.contains("not_a_plugin.wasm") && e.contains("does not implement"),
+            "{e}"
+        );
+        assert!(e.contains("handle"), "names what is missing: {e}");
+    }
+
+    #[test]
+    fn too_large() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("huge.wasm");
+        let file = std::fs::File::create(&path).expect("create");
+        file.set_len(sandpiper::runtime::MAX_PLUGIN_BYTES as u64 + 1)
+            .expect("sparse file");
+        let e = load_err(&path);
+        assert!(e.contains("huge.wasm") && e.contains("more than"), "{e}");
+    }
+
+    #[test]
+    fn missing_file() {
+        let e = load_err(std::path::Path::new("/nonexistent/plugin.wasm"));
+        assert!(e.contains("/nonexistent/plugin.wasm"), "{e}");
+    }
+
+    #[test]
+    fn errors_are_typed() {
+        let err = support::runtime()
+            .load_file(&support::plugin("not-a-plugin"), PluginSettings::default())
+            .expect_err("refused");
+        assert!(matches!(err, PluginError::WrongWorld { .. }), "{err:?}");
+    }
+}

@@ -1,0 +1,202 @@
+//! Kafka test helpers: a mock cluster with random topics, a host started
+//! from a real config, and the tally every end-to-end test ends in.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use sandpiper::app::App;
+use sandpiper::config::Config;
+use sandpiper::kafka::embedded::EmbeddedCluster;
+use sandpiper::kafka::{Outgoing, tools};
+use sandpiper::record::Record;
+
+use super::{plugin, unique};
+
+/// A mock cluster and a pipeline's worth of fresh topics.
+pub struct Env {
+    pub cluster: EmbeddedCluster,
+    pub brokers: String,
+    pub input: String,
+    pub output: String,
+    pub dlq: String,
+    pub group: String,
+}
+
+impl Env {
+    /// `brokers` brokers; every topic gets `partitions` partitions, replication 1.
+    pub fn new(brokers: i32, partitions: i32) -> Self {
+        let cluster = EmbeddedCluster::start(brokers).expect("mock cluster");
+        let name = unique("t");
+        let env = Self {
+            brokers: cluster.bootstrap_servers().to_owned(),
+            input: format!("{name}-in"),
+            output: format!("{name}-out"),
+            dlq: format!("{name}-dlq"),
+            group: format!("{name}-group"),
+            cluster,
+        };
+        for topic in [&env.input, &env.output, &env.dlq] {
+            env.cluster
+                .create_topic(topic, partitions, 1)
+                .expect("topic");
+        }
+        env
+    }
+
+    /// A host config for this env running `plugin_name`; `extra` is TOML
+    /// appended inside the `[[pipeline]]` table (limits, retry, ...).
+    pub fn config(&self, plugin_name: &str, extra: &str) -> Config {
+        let text = format!(
+            r#"
+shutdown_timeout_secs = 10
+[kafka]
+brokers = "{brokers}"
+group = "{group}"
+[kafka.properties]
+"statistics.interval.ms" = "1000"
+"topic.metadata.refresh.interval.ms" = "2000"
+[kafka.consumer_properties]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "500"
+"max.poll.interval.ms" = "20000"
+"auto.commit.interval.ms" = "200"
+
+[[pipeline]]
+name = "test"
+inputs = ["{input}"]
+output = "{output}"
+dead_letter = "{dlq}"
+plugin = "{plugin}"
+{extra}
+"#,
+            brokers = self.brokers,
+            group = self.group,
+            input = self.input,
+            output = self.output,
+            dlq = self.dlq,
+            plugin = plugin(plugin_name).display(),
+        );
+        Config::parse("test config", &text).expect("test config is valid")
+    }
+
+    /// Inputs with keys `r{i}` and the given values.
+    pub fn inputs(&self, values: impl IntoIterator<Item = Vec<u8>>) -> Vec<Outgoing> {
+        values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| Outgoing {
+                topic: self.input.clone(),
+                key: Some(format!("r{i}").into_bytes()),
+                value: Some(v),
+                headers: vec![("n".into(), i.to_string().into_bytes())],
+                timestamp: Some(1_700_000_000_000 + i as i64),
+            })
+            .collect()
+    }
+
+    pub async fn produce(&self, records: &[Outgoing]) {
+        tools::produce_all(&self.brokers, records)
+            .await
+            .expect("produce inputs");
+    }
+
+    /// Reads a whole topic (until `want` records or 3 s of quiet).
+    pub async fn read(&self, topic: &str, want: usize) -> Vec<Record> {
+        let (brokers, topic) = (self.brokers.clone(), topic.to_owned());
+        tokio::task::spawn_blocking(move || {
+            tools::read_topic(
+                &brokers,
+                &topic,
+                want,
+                Duration::from_secs(3),
+                Duration::from_secs(60),
+            )
+        })
+        .await
+        .expect("join")
+        .expect("read topic")
+    }
+
+    /// Committed offsets of the env's group on its input.
+    pub async fn committed(&self) -> HashMap<i32, i64> {
+        let (brokers, group, topic) =
+            (self.brokers.clone(), self.group.clone(), self.input.clone());
+        tokio::task::spawn_blocking(move || tools::committed(&brokers, &group, &topic))
+            .await
+            .expect("join")
+            .expect("committed offsets")
+            .into_iter()
+            .collect()
+    }
+}
+
+/// Waits until `total` input records are committed by the app's pipeline.
+pub async fn wait_committed(app: &App, total: usize, timeout: Duration) {
+    let started = Instant::now();
+    loop {
+        let committed = app.pipelines[0].committed().await.unwrap_or_default();
+        let sum: i64 = committed.iter().map(|(_, _, o)| (*o).max(0)).sum();
+        if sum as usize >= total {
+            return;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "only {sum} of {total} records committed after {timeout:?}: {committed:?}; health: {:?}",
+            app.health.readiness().reasons
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Where each input went. Built from record keys.
+#[derive(Debug)]
+pub struct Tally {
+    pub inputs: usize,
+    pub outputs: usize,
+    pub dead_letters: usize,
+    /// Inputs found neither in the outputs nor in the dead letters.
+    pub missing: Vec<String>,
+    /// Keys seen more than once (at-least-once allows it; tests report it).
+    pub duplicates: usize,
+}
+
+pub fn tally(inputs: &[Outgoing], outputs: &[Record], dead: &[Record]) -> Tally {
+    let mut seen: HashMap<Vec<u8>, usize> = HashMap::new();
+    for r in outputs.iter().chain(dead) {
+        if let Some(k) = &r.key {
+            *seen.entry(k.clone()).or_default() += 1;
+        }
+    }
+    let input_keys: HashSet<&Vec<u8>> = inputs.iter().filter_map(|i| i.key.as_ref()).collect();
+    let missing = inputs
+        .iter()
+        .filter_map(|i| i.key.as_ref())
+        .filter(|k| !seen.contains_key(*k))
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    let duplicates = seen
+        .iter()
+        .filter(|(k, n)| input_keys.contains(k) && **n > 1)
+        .map(|(_, n)| n - 1)
+        .sum();
+    Tally {
+        inputs: inputs.len(),
+        outputs: outputs.len(),
+        dead_letters: dead.len(),
+        missing,
+        duplicates,
+    }
+}
+
+pub fn header<'a>(r: &'a Record, name: &str) -> Option<&'a [u8]> {
+    r.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_slice())
+}
+
+pub fn header_str<'a>(r: &'a Record, name: &str) -> &'a str {
+    header(r, name)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .unwrap_or("")
+}

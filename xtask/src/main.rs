@@ -1,0 +1,123 @@
+//! `cargo xtask <task>`: the project's build, test, demo and bench tasks.
+//!
+//! Each task installs what it needs that a fresh machine lacks (the
+//! `wasm32-wasip2` target, the test broker) so the README's two commands
+//! work from a fresh clone.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <task>
+
+tasks:
+  demo            build the plugins, run the demo pipeline on an embedded Kafka
+  test            build the plugins, install the test broker, run every test
+  build-plugins   build the example and test plugins (wasm32-wasip2)
+  bench           run the benchmarks (release build)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("demo") => demo(&args[1..]),
+        Some("test") => test(&args[1..]),
+        Some("build-plugins") => build_plugins(),
+        Some("bench") => bench(&args[1..]),
+        _ => {
+            eprint!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    // xtask/ is one level below the workspace root.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn run(mut cmd: Command) -> anyhow::Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn ensure_wasm_target() -> anyhow::Result<()> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("running rustup")?;
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == "wasm32-wasip2")
+    {
+        return Ok(());
+    }
+    let mut cmd = Command::new("rustup");
+    cmd.args(["target", "add", "wasm32-wasip2"]);
+    run(cmd)
+}
+
+fn build_plugins() -> anyhow::Result<()> {
+    ensure_wasm_target()?;
+    let mut cmd = cargo();
+    cmd.current_dir(root().join("plugins"))
+        .args(["build", "--target", "wasm32-wasip2", "--release"])
+        // Guests get their own target dir even when CARGO_TARGET_DIR is set
+        // for the host, so their path is always plugins/target.
+        .env("CARGO_TARGET_DIR", root().join("plugins/target"));
+    run(cmd)
+}
+
+fn demo(extra: &[String]) -> anyhow::Result<()> {
+    build_plugins()?;
+    let mut cmd = cargo();
+    cmd.current_dir(root())
+        .args(["run", "--quiet", "-p", "sandpiper", "--", "demo"])
+        .args(extra);
+    run(cmd)
+}
+
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    build_plugins()?;
+    let mut cmd = cargo();
+    cmd.current_dir(root())
+        .args(["test", "--workspace"])
+        .args(extra);
+    run(cmd)
+}
+
+fn bench(extra: &[String]) -> anyhow::Result<()> {
+    build_plugins()?;
+    let mut cmd = cargo();
+    cmd.current_dir(root())
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "sandpiper",
+            "--example",
+            "bench",
+            "--",
+        ])
+        .args(extra);
+    run(cmd)
+}
