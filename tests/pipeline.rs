@@ -7,7 +7,7 @@ use sandpiper::app::App;
 use sandpiper::pipeline::deadletter as dl;
 
 use crate::support::kafka::{Env, header, header_str, tally, wait_committed};
-use crate::support::{rss_bytes, thread_count};
+use crate::support::{kafka_clients, rss_bytes, thread_count};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -233,7 +233,9 @@ async fn partitions_on_live_brokers_keep_flowing_while_one_broker_is_down() {
     env.produce(&first).await;
     let app = App::start(env.config("chaos", "")).await.expect("starts");
     wait_committed(&app, first.len(), WAIT).await;
-    let (threads, rss) = (thread_count(), rss_bytes());
+    let (threads, clients, rss) = (thread_count(), kafka_clients(), rss_bytes());
+    // The mock cluster's own client, plus the pipeline's consumer and producer.
+    assert_eq!(clients, 3, "one consumer and one producer: {:?}", crate::support::thread_names());
 
     env.cluster.broker_down(3).expect("down");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -302,7 +304,7 @@ async fn the_group_coordinator_going_down_loses_nothing() {
     env.produce(&first).await;
     let app = App::start(env.config("chaos", "")).await.expect("starts");
     wait_committed(&app, first.len(), WAIT).await;
-    let threads = thread_count();
+    let (threads, clients) = (thread_count(), kafka_clients());
 
     env.cluster.broker_down(3).expect("down");
     let mut second = env.inputs((200..400).map(|i| format!("b{i}").into_bytes()));
@@ -318,7 +320,8 @@ async fn the_group_coordinator_going_down_loses_nothing() {
         "records stopped flowing without the coordinator: {} missing",
         during.missing.len()
     );
-    assert_eq!(thread_count(), threads, "no client recreated");
+    assert_eq!(kafka_clients(), clients, "no client recreated");
+    assert!(thread_count() <= threads + 2, "threads flat: {} then {}", threads, thread_count());
 
     let all: Vec<_> = first.iter().chain(&second).cloned().collect();
     wait_committed(&app, all.len(), WAIT).await;

@@ -97,3 +97,19 @@ pub fn rss_bytes() -> u64 {
 pub fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
 }
+
+/// Names of this process's threads (Linux).
+pub fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .map(|n| n.trim().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// librdkafka client instances alive in this process: each has one `rdk:main` thread.
+pub fn kafka_clients() -> usize {
+    thread_names().iter().filter(|n| n.as_str() == "rdk:main").count()
+}
