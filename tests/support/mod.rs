@@ -111,5 +111,8 @@ pub fn thread_names() -> Vec<String> {
 
 /// librdkafka client instances alive in this process: each has one `rdk:main` thread.
 pub fn kafka_clients() -> usize {
-    thread_names().iter().filter(|n| n.as_str() == "rdk:main").count()
+    thread_names()
+        .iter()
+        .filter(|n| n.as_str() == "rdk:main")
+        .count()
 }

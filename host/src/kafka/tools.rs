@@ -72,7 +72,7 @@ pub fn partitions(brokers: &str, topic: &str, timeout: Duration) -> anyhow::Resu
     if let Some(err) = t.error() {
         bail!(
             "topic {topic}: {:?}",
-            rdkafka::types::RDKafkaRespErr::from(err)
+            err
         );
     }
     Ok(t.partitions().iter().map(|p| p.id()).collect())
