@@ -136,7 +136,7 @@ fn plugin_inspect_shows_identity_and_interface() {
     assert!(v["size"].as_u64().unwrap_or(0) > 1000);
     assert!(v["exports"].to_string().contains("handle"), "{v}");
     assert!(
-        v["imports"].to_string().contains("sandpiper:plugin/log"),
+        v["imports"].to_string().contains("sandpiper:plugin/types"),
         "{v}"
     );
     let text = sandpiper()

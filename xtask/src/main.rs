@@ -96,12 +96,26 @@ fn demo(extra: &[String]) -> anyhow::Result<()> {
     run(cmd)
 }
 
+/// Runs every test. With cargo-nextest (on every machine of this project)
+/// each test runs in its own process, so tests that measure the process's
+/// memory, threads and Kafka clients see only their own; without it, cargo
+/// test runs them one at a time for the same reason.
 fn test(extra: &[String]) -> anyhow::Result<()> {
     build_plugins()?;
     let mut cmd = cargo();
-    cmd.current_dir(root())
-        .args(["test", "--workspace"])
-        .args(extra);
+    cmd.current_dir(root()).env("SANDPIPER_PLUGINS_BUILT", "1");
+    let nextest = cargo()
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if nextest {
+        cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"])
+            .args(extra);
+    } else {
+        cmd.args(["test", "--workspace", "--"])
+            .arg("--test-threads=1")
+            .args(extra);
+    }
     run(cmd)
 }
 

@@ -70,10 +70,7 @@ pub fn partitions(brokers: &str, topic: &str, timeout: Duration) -> anyhow::Resu
         .find(|t| t.name() == topic)
         .with_context(|| format!("topic {topic} not in metadata"))?;
     if let Some(err) = t.error() {
-        bail!(
-            "topic {topic}: {:?}",
-            err
-        );
+        bail!("topic {topic}: {:?}", err);
     }
     Ok(t.partitions().iter().map(|p| p.id()).collect())
 }
