@@ -14,3 +14,6 @@ mod harness;
 
 /// The Kafka pipeline on the mock cluster: delivery, dead letters, faults.
 mod pipeline;
+
+/// `/healthz`, `/readyz`, and exiting when unhealthy.
+mod health;

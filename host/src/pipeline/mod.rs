@@ -275,7 +275,8 @@ impl RebalanceListener for Listener {
 pub struct Pipeline {
     shared: Arc<Shared>,
     stop: CancellationToken,
-    router: tokio::task::JoinHandle<()>,
+    /// Cancelled by the router when it ends, however it ends.
+    router_done: CancellationToken,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -340,12 +341,19 @@ impl Pipeline {
         consumer.subscribe(&inputs)?;
         let _ = shared.consumer.set(consumer);
         let stop = CancellationToken::new();
-        let router = tokio::spawn(route_loop(shared.clone(), stop.clone()));
+        let stop_for_router = stop.clone();
+        let router_done = CancellationToken::new();
+        let done = router_done.clone().drop_guard();
+        let routing = shared.clone();
+        shared.spawn_watched(format!("router of pipeline {name}"), async move {
+            let _done = done;
+            route_loop(routing, stop_for_router).await;
+        });
         tracing::info!(pipeline = %name, group = %client.group, inputs = ?inputs, plugin = %shared.workers.plugin().id(), "Pipeline started.");
         Ok(Self {
             shared,
             stop,
-            router,
+            router_done,
         })
     }
 
@@ -379,7 +387,7 @@ impl Pipeline {
     pub async fn stop(self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         self.stop.cancel();
-        let _ = self.router.await;
+        self.router_done.cancelled().await;
         let shared = self.shared.clone();
         let all: Vec<(String, i32)> = shared
             .routes()

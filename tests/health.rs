@@ -1,0 +1,96 @@
+//! `/healthz`, `/readyz` and the exit of an unhealthy host.
+
+use std::time::{Duration, Instant};
+
+use sandpiper::app::App;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::kafka::Env;
+
+/// A plain HTTP/1.1 GET: (status, body).
+pub async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("");
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+async fn wait_status(addr: std::net::SocketAddr, path: &str, want: u16) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let (status, body) = get(addr, path).await;
+        if status == want {
+            return body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{path} stayed {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readiness_follows_the_broker_and_liveness_stays_up() {
+    let env = Env::new(1, 2);
+    let mut config = env.config("uppercase", "");
+    config.admin = Some(sandpiper::config::AdminConfig {
+        listen: "127.0.0.1:0".into(),
+    });
+    let app = App::start(config).await.expect("starts");
+    let addr = app.admin.expect("admin listener");
+    let body = wait_status(addr, "/readyz", 200).await;
+    assert_eq!(body["ok"], true);
+    let (status, body) = get(addr, "/healthz").await;
+    assert_eq!(
+        (status, body["ok"].clone()),
+        (200, serde_json::Value::Bool(true))
+    );
+
+    env.cluster.broker_down(1).expect("down");
+    let body = wait_status(addr, "/readyz", 503).await;
+    let reasons = body["reasons"].to_string();
+    assert!(reasons.contains("not connected"), "{reasons}");
+    let (status, _) = get(addr, "/healthz").await;
+    assert_eq!(status, 200, "a broker outage is not a reason to restart");
+
+    env.cluster.broker_up(1).expect("up");
+    wait_status(addr, "/readyz", 200).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fatal_pipeline_fails_healthz_and_the_host_exits_after_the_grace_period() {
+    let env = Env::new(1, 1);
+    let mut config = env.config("uppercase", "");
+    config.unhealthy_exit_secs = 1;
+    config.admin = Some(sandpiper::config::AdminConfig {
+        listen: "127.0.0.1:0".into(),
+    });
+    let app = App::start(config).await.expect("starts");
+    let addr = app.admin.expect("admin listener");
+    app.health.pipelines()[0].set_fatal("worker of t/0 panicked: test".into());
+    let (status, body) = get(addr, "/healthz").await;
+    assert_eq!(status, 503);
+    assert!(body["reasons"].to_string().contains("panicked"), "{body}");
+    let never = tokio_util::sync::CancellationToken::new();
+    let started = Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(10), app.supervise(&never)).await;
+    let error = result
+        .expect("supervise returned")
+        .expect_err("the host must exit");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(format!("{error:#}").contains("panicked"), "{error:#}");
+    app.stop().await;
+}
