@@ -2,29 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use sandpiper::app::App;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
+use crate::support::http::get;
 use crate::support::kafka::Env;
-
-/// A plain HTTP/1.1 GET: (status, body).
-pub async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or("");
-    (
-        status,
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-    )
-}
+use sandpiper::app::App;
 
 async fn wait_status(addr: std::net::SocketAddr, path: &str, want: u16) -> serde_json::Value {
     let started = Instant::now();
@@ -47,6 +27,7 @@ async fn readiness_follows_the_broker_and_liveness_stays_up() {
     let mut config = env.config("uppercase", "");
     config.admin = Some(sandpiper::config::AdminConfig {
         listen: "127.0.0.1:0".into(),
+        token: None,
     });
     let app = App::start(config).await.expect("starts");
     let addr = app.admin.expect("admin listener");
@@ -77,6 +58,7 @@ async fn a_fatal_pipeline_fails_healthz_and_the_host_exits_after_the_grace_perio
     config.unhealthy_exit_secs = 1;
     config.admin = Some(sandpiper::config::AdminConfig {
         listen: "127.0.0.1:0".into(),
+        token: None,
     });
     let app = App::start(config).await.expect("starts");
     let addr = app.admin.expect("admin listener");

@@ -17,3 +17,9 @@ mod pipeline;
 
 /// `/healthz`, `/readyz`, and exiting when unhealthy.
 mod health;
+
+/// The host binary on a real broker (Tansu): SIGKILL, outage, hostile records.
+mod broker;
+
+/// Hot-swapping plugins: API, CLI, file watch, canary, rollback, fleet.
+mod deploy;

@@ -8,9 +8,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use tokio_util::sync::CancellationToken;
 
+use std::collections::HashMap;
+
+use crate::admin::AdminState;
 use crate::config::Config;
+use crate::deploy::{Deployer, DeployerSpec, watch};
 use crate::health::{Health, PipelineHealth};
 use crate::kafka::ClientSettings;
+use crate::kafka::control::{ControlFollower, ControlPublisher};
 use crate::kafka::embedded::EmbeddedCluster;
 use crate::pipeline::{Pipeline, PipelineSpec};
 use crate::runtime::Runtime;
@@ -38,11 +43,25 @@ impl App {
         let runtime = Arc::new(Runtime::new(config.engine_settings())?);
         let mut plugins = Vec::new();
         for p in &config.pipelines {
+            let bytes: Arc<[u8]> = std::fs::read(&p.plugin)
+                .with_context(|| {
+                    format!(
+                        "pipeline {}: cannot read plugin {}",
+                        p.name(),
+                        p.plugin.display()
+                    )
+                })?
+                .into();
             let plugin = runtime
-                .load_file(&p.plugin, p.plugin_settings())
+                .load_bytes(
+                    &p.plugin.display().to_string(),
+                    &crate::runtime::name_from_path(&p.plugin),
+                    &bytes,
+                    p.plugin_settings(),
+                )
                 .with_context(|| format!("pipeline {}", p.name()))?;
             tracing::info!(pipeline = p.name(), plugin = %plugin.id(), "Plugin loaded.");
-            plugins.push(plugin);
+            plugins.push((plugin, bytes));
         }
 
         let embedded = if config.kafka.is_embedded() {
@@ -67,17 +86,10 @@ impl App {
 
         let health = Arc::new(Health::default());
         let admin_stop = CancellationToken::new();
-        let admin = match &config.admin {
-            Some(admin) => Some(
-                crate::admin::serve(&admin.listen, health.clone(), admin_stop.clone())
-                    .await?
-                    .0,
-            ),
-            None => None,
-        };
-
         let mut pipelines = Vec::new();
-        for (p, plugin) in config.pipelines.iter().zip(plugins) {
+        let mut deployers = HashMap::new();
+        let mut control_settings = None;
+        for (p, (plugin, bytes)) in config.pipelines.iter().zip(plugins) {
             let pipeline_health = Arc::new(PipelineHealth::new(
                 p.name(),
                 Duration::from_secs(p.stall_timeout_secs),
@@ -90,13 +102,66 @@ impl App {
                 consumer_properties: config.kafka.consumer_properties.clone(),
                 producer_properties: config.kafka.producer_properties.clone(),
             };
-            pipelines.push(Pipeline::start(PipelineSpec {
+            control_settings.get_or_insert_with(|| client.clone());
+            let pipeline = Pipeline::start(PipelineSpec {
                 config: p.clone(),
                 client,
                 plugin,
                 health: pipeline_health,
-            })?);
+            })?;
+            let deployer = Arc::new(Deployer::new(DeployerSpec {
+                pipeline: p.name().to_owned(),
+                runtime: runtime.clone(),
+                workers: pipeline.workers(),
+                settings: p.plugin_settings(),
+                canary: p.canary.as_ref().map(|c| c.file.clone()),
+                auto_rollback: p.auto_rollback.clone(),
+                keep: config.deploy.keep_versions,
+                stats: pipeline.versions(),
+                initial_bytes: bytes,
+            }));
+            if config.deploy.watch {
+                let interval = Duration::from_millis(config.deploy.watch_interval_ms.max(50));
+                tokio::spawn(watch::watch(
+                    deployer.clone(),
+                    p.plugin.clone(),
+                    interval,
+                    admin_stop.clone(),
+                ));
+            }
+            tokio::spawn(deployer.clone().auto_rollback_loop(admin_stop.clone()));
+            deployers.insert(p.name().to_owned(), deployer);
+            pipelines.push(pipeline);
         }
+
+        let control = match (&config.deploy.control_topic, control_settings) {
+            (Some(topic), Some(settings)) => {
+                let follower = ControlFollower::new(&settings, &topic.0)?;
+                tokio::spawn(crate::deploy::control::follow(
+                    follower,
+                    deployers.clone(),
+                    admin_stop.clone(),
+                ));
+                Some(ControlPublisher::new(&settings, &topic.0)?)
+            }
+            _ => None,
+        };
+        let admin = match &config.admin {
+            Some(admin) => {
+                let state = AdminState {
+                    health: health.clone(),
+                    deployers: Arc::new(deployers),
+                    token: admin.token().map(Arc::from),
+                    control,
+                };
+                Some(
+                    crate::admin::serve(&admin.listen, state, admin_stop.clone())
+                        .await?
+                        .0,
+                )
+            }
+            None => None,
+        };
         Ok(Self {
             pipelines,
             health,
@@ -137,6 +202,8 @@ impl App {
     /// Graceful stop: every pipeline finishes in-flight records, commits,
     /// flushes and closes, within the shutdown timeout.
     pub async fn stop(self) {
+        // Deploy watchers, the control follower and the admin listener first.
+        self.admin_stop.cancel();
         let timeout = self.shutdown_timeout;
         let stops = self.pipelines.into_iter().map(|p| p.stop(timeout));
         futures_join_all(stops).await;

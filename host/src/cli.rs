@@ -68,6 +68,40 @@ pub enum PluginCommand {
     Test(TestArgs),
     /// Show what a plugin file is: name, digest, size, imports and exports.
     Inspect(InspectArgs),
+    /// Deploy a plugin to a running host (and its fleet) through the admin API.
+    Deploy(DeployArgs),
+    /// Roll a pipeline back to its previous plugin version.
+    Rollback(RollbackArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The host's admin listener, e.g. `http://127.0.0.1:9464`.
+    #[arg(long)]
+    pub admin: String,
+    /// The pipeline to act on.
+    #[arg(long)]
+    pub pipeline: String,
+    /// Bearer token of the admin API.
+    #[arg(long, env = "SANDPIPER_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub target: AdminArgs,
+    /// The plugin's name in its identity (default: the file's stem).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The plugin component (.wasm).
+    pub plugin: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub target: AdminArgs,
 }
 
 #[derive(Debug, Args)]
@@ -206,6 +240,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Plugin(PluginCommand::Test(args)) => plugin_test(args),
         Command::Plugin(PluginCommand::Inspect(args)) => plugin_inspect(args),
+        Command::Plugin(PluginCommand::Deploy(args)) => plugin_deploy(args),
+        Command::Plugin(PluginCommand::Rollback(args)) => plugin_rollback(args),
     }
 }
 
@@ -273,4 +309,55 @@ fn plugin_inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Sends one admin request; prints the JSON answer; fails on a non-2xx status.
+fn admin_request(
+    target: &AdminArgs,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> anyhow::Result<ExitCode> {
+    let url = format!("{}{path}", target.admin.trim_end_matches('/'));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(120)))
+        .build()
+        .into();
+    let auth = format!("Bearer {}", target.token);
+    let sent = match (method, body) {
+        ("PUT", Some(body)) => agent
+            .put(&url)
+            .header("Authorization", &auth)
+            .send(&body[..]),
+        _ => agent.post(&url).header("Authorization", &auth).send_empty(),
+    };
+    let mut response = sent.with_context(|| format!("{method} {url}"))?;
+    let status = response.status();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    if status.is_success() {
+        println!("{text}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or(text);
+        anyhow::bail!("{method} {url}: {status}: {message}")
+    }
+}
+
+fn plugin_deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(&args.plugin)
+        .with_context(|| format!("cannot read plugin {}", args.plugin.display()))?;
+    let name = args
+        .name
+        .unwrap_or_else(|| crate::runtime::name_from_path(&args.plugin));
+    let path = format!("/pipelines/{}/plugin?name={name}", args.target.pipeline);
+    admin_request(&args.target, "PUT", &path, Some(bytes))
+}
+
+fn plugin_rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
+    let path = format!("/pipelines/{}/rollback", args.target.pipeline);
+    admin_request(&args.target, "POST", &path, None)
 }

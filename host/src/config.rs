@@ -50,6 +50,9 @@ pub struct Config {
     /// How long to finish in-flight work after SIGTERM/SIGINT before exiting.
     #[serde(default = "default_shutdown_timeout_secs")]
     pub shutdown_timeout_secs: u64,
+    /// Hot-swap settings (file watching, the fleet's control topic).
+    #[serde(default)]
+    pub deploy: DeployConfig,
     /// How long the host may stay unhealthy (`/healthz` failing) before it
     /// exits non-zero so its supervisor restarts it.
     #[serde(default = "default_unhealthy_exit_secs")]
@@ -125,6 +128,12 @@ pub struct PipelineConfig {
     /// Mark outputs with the `sandpiper.plugin` header.
     #[serde(default = "default_true")]
     pub plugin_header: bool,
+    /// Records every new plugin version must pass before it is swapped in.
+    #[serde(default)]
+    pub canary: Option<CanaryConfig>,
+    /// Roll a new version back automatically when it fails too often (off by default).
+    #[serde(default)]
+    pub auto_rollback: Option<AutoRollbackConfig>,
     /// A partition with lag and no progress for this long is stalled:
     /// reported unhealthy, then the process exits so it is restarted.
     #[serde(default = "default_stall_timeout_secs")]
@@ -187,13 +196,73 @@ impl Default for RetryConfig {
     }
 }
 
-/// `[admin]`: the HTTP listener for health (and later metrics and deploys).
+/// `[admin]`: the HTTP listener for health, status and deploys.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Loopback by default: the admin API is not for the open network.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Bearer token for the deploy endpoints; `SANDPIPER_ADMIN_TOKEN` in the
+    /// environment wins. Without either, deploys over HTTP are refused.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+impl AdminConfig {
+    /// The token in force: the environment's, else the config's.
+    pub fn token(&self) -> Option<String> {
+        std::env::var("SANDPIPER_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .or_else(|| self.token.clone().filter(|t| !t.is_empty()))
+    }
+}
+
+/// `[deploy]`: how new plugin versions arrive.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeployConfig {
+    /// Watch each pipeline's plugin file and swap when it changes.
+    pub watch: bool,
+    /// How often the plugin files are checked.
+    pub watch_interval_ms: u64,
+    /// A compacted topic every host of a fleet follows: a deploy to one host
+    /// is published there and applied by all. `None`: deploys stay local.
+    pub control_topic: Option<TopicName>,
+    /// Versions kept loaded for rollback.
+    pub keep_versions: usize,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        Self {
+            watch: true,
+            watch_interval_ms: 500,
+            control_topic: None,
+            keep_versions: 5,
+        }
+    }
+}
+
+/// `[pipeline.canary]`: records a new version must handle as expected.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryConfig {
+    /// JSONL in the harness format; an optional `expect` per line (`"ok"`,
+    /// the default, or a failure kind such as `"rejected"`).
+    pub file: PathBuf,
+}
+
+/// `[pipeline.auto_rollback]`: undo a deploy whose version fails too often.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoRollbackConfig {
+    /// Records the new version handles before it is judged.
+    pub records: u64,
+    /// Failure rate (0 to 1) over those records above which it is rolled back.
+    /// Failures are traps, timeouts and limits; rejections are the data's fault.
+    pub max_failure_rate: f64,
 }
 
 fn default_listen() -> String {
@@ -296,6 +365,11 @@ impl Config {
         for pipeline in &mut config.pipelines {
             if pipeline.plugin.is_relative() {
                 pipeline.plugin = base.join(&pipeline.plugin);
+            }
+            if let Some(canary) = &mut pipeline.canary
+                && canary.file.is_relative()
+            {
+                canary.file = base.join(&canary.file);
             }
         }
         Ok(config)

@@ -7,8 +7,9 @@
 //! - [`runtime`]: wasmtime engine, plugin loading, instances and outcomes.
 //! - [`kafka`]: the consumer, producer, callbacks and embedded cluster.
 //! - [`pipeline`]: consume → plugin → produce/dead-letter → store offset.
+//! - [`deploy`]: hot-swapping plugins: file watch, API, fleet control topic, rollback.
 //! - [`health`]: liveness and readiness, and what makes the process exit.
-//! - [`admin`]: the HTTP listener (`/healthz`, `/readyz`).
+//! - [`admin`]: the HTTP listener: health, versions, deploys.
 //! - [`app`]: `sandpiper run`: wiring, supervision, graceful shutdown.
 //! - [`demo`]: `sandpiper demo` on an embedded cluster.
 //! - [`harness`]: the offline `plugin test` / `plugin inspect` commands.
@@ -20,6 +21,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod deploy;
 pub mod harness;
 pub mod health;
 pub mod kafka;

@@ -46,35 +46,12 @@ impl Env {
     /// A host config for this env running `plugin_name`; `extra` is TOML
     /// appended inside the `[[pipeline]]` table (limits, retry, ...).
     pub fn config(&self, plugin_name: &str, extra: &str) -> Config {
-        let text = format!(
-            r#"
-shutdown_timeout_secs = 10
-[kafka]
-brokers = "{brokers}"
-group = "{group}"
-[kafka.properties]
-"statistics.interval.ms" = "1000"
-"topic.metadata.refresh.interval.ms" = "2000"
-[kafka.consumer_properties]
-"session.timeout.ms" = "6000"
-"heartbeat.interval.ms" = "500"
-"max.poll.interval.ms" = "20000"
-"auto.commit.interval.ms" = "200"
-
-[[pipeline]]
-name = "test"
-inputs = ["{input}"]
-output = "{output}"
-dead_letter = "{dlq}"
-plugin = "{plugin}"
-{extra}
-"#,
-            brokers = self.brokers,
-            group = self.group,
-            input = self.input,
-            output = self.output,
-            dlq = self.dlq,
-            plugin = plugin(plugin_name).display(),
+        let text = config_text(
+            &self.brokers,
+            &self.group,
+            [&self.input, &self.output, &self.dlq],
+            plugin_name,
+            extra,
         );
         Config::parse("test config", &text).expect("test config is valid")
     }
@@ -128,6 +105,43 @@ plugin = "{plugin}"
             .into_iter()
             .collect()
     }
+}
+
+/// A test host config: one pipeline `test` reading `input` into `output`
+/// and `dlq` with `plugin_name`, short group timeouts so a vanished member
+/// is replaced quickly; `extra` is TOML inside the `[[pipeline]]` table.
+pub fn config_text(
+    brokers: &str,
+    group: &str,
+    [input, output, dlq]: [&str; 3],
+    plugin_name: &str,
+    extra: &str,
+) -> String {
+    format!(
+        r#"
+shutdown_timeout_secs = 10
+[kafka]
+brokers = "{brokers}"
+group = "{group}"
+[kafka.properties]
+"statistics.interval.ms" = "1000"
+"topic.metadata.refresh.interval.ms" = "2000"
+[kafka.consumer_properties]
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "500"
+"max.poll.interval.ms" = "20000"
+"auto.commit.interval.ms" = "200"
+
+[[pipeline]]
+name = "test"
+inputs = ["{input}"]
+output = "{output}"
+dead_letter = "{dlq}"
+plugin = "{plugin}"
+{extra}
+"#,
+        plugin = plugin(plugin_name).display(),
+    )
 }
 
 /// Waits until `total` input records are committed by the app's pipeline.

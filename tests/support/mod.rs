@@ -2,7 +2,11 @@
 
 #![allow(dead_code)]
 
+pub mod client;
+pub mod http;
 pub mod kafka;
+pub mod process;
+pub mod tansu;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,18 +1,43 @@
-//! The admin HTTP listener: `/healthz` and `/readyz` (metrics and deploys
-//! come later). Loopback by default; never required for a pipeline to run.
+//! The admin HTTP listener: health, the pipelines' versions, and deploys.
+//! Loopback by default; never required for a pipeline to run.
+//!
+//! - `GET /healthz`, `GET /readyz`: 200 or 503, JSON `{ok, reasons}`.
+//! - `GET /pipelines`: each pipeline's plugin, digest, load time, history.
+//! - `PUT /pipelines/{name}/plugin`: deploy the body (wasm bytes).
+//! - `POST /pipelines/{name}/rollback`: back to the previous version.
+//!
+//! The two write endpoints need `Authorization: Bearer <token>`; without a
+//! configured token they are refused.
 
+mod deploy;
+
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use tokio_util::sync::CancellationToken;
 
+use crate::deploy::Deployer;
 use crate::health::{Health, Report};
+use crate::kafka::control::ControlPublisher;
+use crate::runtime::MAX_PLUGIN_BYTES;
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    pub health: Arc<Health>,
+    pub deployers: Arc<HashMap<String, Arc<Deployer>>>,
+    /// Bearer token for writes; `None` disables them.
+    pub token: Option<Arc<str>>,
+    /// Set when the fleet shares a control topic.
+    pub control: Option<ControlPublisher>,
+}
 
 fn respond(report: Report) -> impl IntoResponse {
     let status = if report.ok {
@@ -23,33 +48,39 @@ fn respond(report: Report) -> impl IntoResponse {
     (status, Json(report))
 }
 
-async fn healthz(State(health): State<Arc<Health>>) -> impl IntoResponse {
-    respond(health.liveness())
+async fn healthz(State(state): State<AdminState>) -> impl IntoResponse {
+    respond(state.health.liveness())
 }
 
-async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
-    respond(health.readiness())
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    respond(state.health.readiness())
 }
 
-pub fn router(health: Arc<Health>) -> Router {
+pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(health)
+        .route("/pipelines", get(deploy::list))
+        .route(
+            "/pipelines/{name}/plugin",
+            put(deploy::put_plugin).layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES)),
+        )
+        .route("/pipelines/{name}/rollback", post(deploy::rollback))
+        .with_state(state)
 }
 
 /// Binds `listen` and serves until `shutdown`. Returns the bound address
 /// (useful with port 0) and the serving task.
 pub async fn serve(
     listen: &str,
-    health: Arc<Health>,
+    state: AdminState,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the admin listener on {listen}"))?;
     let addr = listener.local_addr()?;
-    let app = router(health);
+    let app = router(state);
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

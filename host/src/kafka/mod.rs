@@ -9,11 +9,13 @@
 //! - `context`: callbacks: rebalances, rate-limited logs, errors, statistics.
 //! - `consumer`: the consumer wrapper speaking in [`Record`]s.
 //! - `producer`: the producer wrapper and its delivery futures.
+//! - `control`: the fleet's control topic (publish and follow plugin versions).
 //! - `embedded`: the in-process mock cluster for `brokers = "embedded"` and tests.
 //! - `tools`: plain clients to produce samples and read topics (demo, tests).
 
 mod consumer;
 mod context;
+pub mod control;
 pub mod embedded;
 mod headers;
 mod producer;

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{PipelineConfig, RetryConfig};
+use crate::deploy::VersionStats;
 use crate::health::{Done, PipelineHealth};
 use crate::kafka::{ClientSettings, Consumer, Producer, RebalanceListener};
 use crate::ratelimit::LogLimiter;
@@ -67,7 +68,10 @@ pub(crate) struct Shared {
     name: String,
     labels: Labels,
     retry: RetryConfig,
-    workers: Workers,
+    /// Plugin instances; the deployer swaps versions through it.
+    workers: Arc<Workers>,
+    /// Outcome counts per plugin version (automatic rollback, status).
+    versions: Arc<VersionStats>,
     producer: Producer,
     /// Set right after creation (the consumer's callbacks need `Shared` first).
     consumer: OnceLock<Consumer>,
@@ -318,7 +322,8 @@ impl Pipeline {
                 plugin_header: config.plugin_header,
             },
             retry: config.retry.clone(),
-            workers: Workers::new(&name, plugin, config.workers),
+            workers: Arc::new(Workers::new(&name, plugin, config.workers)),
+            versions: Arc::new(VersionStats::default()),
             producer,
             consumer: OnceLock::new(),
             routes: Mutex::new(HashMap::new()),
@@ -372,6 +377,16 @@ impl Pipeline {
     /// The plugin version new records run on.
     pub fn plugin(&self) -> Arc<Plugin> {
         self.shared.workers.plugin()
+    }
+
+    /// The instance pool, through which a deploy swaps versions.
+    pub fn workers(&self) -> Arc<Workers> {
+        self.shared.workers.clone()
+    }
+
+    /// Outcome counts per plugin version.
+    pub fn versions(&self) -> Arc<VersionStats> {
+        self.shared.versions.clone()
     }
 
     /// Committed offsets of the current assignment (for the demo and tests).

@@ -83,10 +83,13 @@ async fn run_batch(
     while !queue.is_empty() {
         let result = shared.workers.run(queue).await;
         queue = result.rest;
+        let plugin = result.plugin;
         for (record, outcome) in result.done {
+            shared
+                .versions
+                .record(plugin.id(), outcome.as_ref().err().map(|f| f.kind));
             let failure = match outcome {
                 Ok(outputs) => {
-                    let plugin = shared.workers.plugin();
                     let sends = shared.labels.outputs(outputs, plugin.id());
                     if !hand_over(part, record.offset, sends, false, acks).await {
                         return false;

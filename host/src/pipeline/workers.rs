@@ -22,6 +22,8 @@ pub struct BatchResult {
     pub done: Vec<(Record, Outcome)>,
     /// Records not run because the batch stopped early.
     pub rest: VecDeque<Record>,
+    /// The version that handled `done` (a swap never splits a batch).
+    pub plugin: Arc<Plugin>,
 }
 
 /// The pipeline's instances and the permits to use them.
@@ -110,7 +112,15 @@ impl Workers {
                     break;
                 }
             }
-            (instance, BatchResult { done, rest: records })
+            let plugin = instance.plugin().clone();
+            (
+                instance,
+                BatchResult {
+                    done,
+                    rest: records,
+                    plugin,
+                },
+            )
         })
         .await;
         match joined {
