@@ -3,7 +3,11 @@
 //! every record, hostile records. An independent client produces the inputs
 //! and reads the outputs and dead letters; every test ends in a tally.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use rand::Rng as _;
 
 use crate::support::client::{self, Input, Producer};
 use crate::support::tansu::Env;
@@ -18,7 +22,6 @@ fn records_flow_through_the_binary_on_a_real_broker() {
     let mut producer = Producer::new(&env.brokers());
     producer.send_all(&env.input, &inputs);
     let ends = producer.ends(&env.input);
-    eprintln!("DEBUG ends {ends:?}");
     let config = env.write_config("chaos", "");
     let mut host = env.start_host(&config);
     let took = client::wait_committed(&env.brokers(), &env.group, &env.input, &ends, WAIT, || {
@@ -220,4 +223,195 @@ fn match_in_order<W>(
         }
     }
     (next, duplicates)
+}
+
+/// Produces numbered inputs (1% traps) at about `per_second` until
+/// stopped; joining it returns what it produced and its producer (for the
+/// end offsets).
+struct Feeder {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(Vec<Input>, Producer)>,
+}
+
+impl Feeder {
+    fn start(env: &Env, per_second: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (brokers, topic, flag) = (env.brokers(), env.input.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut producer = Producer::new(&brokers);
+            let mut inputs = Vec::new();
+            let tick = Duration::from_millis(50);
+            let per_tick = (per_second / 20).max(1);
+            while !flag.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let batch = client::numbered(inputs.len()..inputs.len() + per_tick, Some(100));
+                for input in &batch {
+                    producer.send(&topic, input);
+                }
+                inputs.extend(batch);
+                std::thread::sleep(tick.saturating_sub(started.elapsed()));
+            }
+            producer.flush();
+            (inputs, producer)
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) -> (Vec<Input>, Producer) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the feeder panicked")
+    }
+}
+
+/// The host is SIGKILLed at random moments while records flow and
+/// restarted each time: nothing is lost (replays are counted).
+#[test]
+fn a_host_killed_with_sigkill_five_times_loses_nothing() {
+    let env = Env::new(3);
+    let config = env.write_config("chaos", "");
+    let feeder = Feeder::start(&env, 800);
+    let mut rng = rand::rng();
+    let started = Instant::now();
+    let mut host = env.start_host(&config);
+    for kill in 1..=5 {
+        // Assigned and connected: records are flowing into this host.
+        host.wait_status("/readyz", 200, Duration::from_secs(60));
+        let delay = Duration::from_millis(rng.random_range(100..3000));
+        std::thread::sleep(delay);
+        host.assert_running();
+        let committed = client::committed(&env.brokers(), &env.group, &env.input);
+        eprintln!(
+            "SIGKILL {kill} at {:?}, {delay:?} after ready; committed {committed:?}",
+            started.elapsed()
+        );
+        host.kill();
+        host = env.start_host(&config);
+    }
+    let (inputs, producer) = feeder.finish();
+    let ends = producer.ends(&env.input);
+    let took = client::wait_committed(&env.brokers(), &env.group, &env.input, &ends, WAIT, || {
+        host.assert_running();
+    });
+    eprintln!(
+        "{} inputs, all committed {took:?} after the last restart",
+        inputs.len()
+    );
+    let status = host.terminate(Duration::from_secs(30));
+    assert!(status.success(), "graceful stop: {status}");
+    let t = env.tally("SIGKILL", &inputs);
+    let traps = inputs
+        .iter()
+        .filter(|i| i.value.as_deref() == Some(b"unwrap-none"))
+        .count();
+    assert_eq!(t.dead_keys, traps, "every trapping record dead-lettered");
+}
+
+/// Incident 2 at start-up: the host starts while the broker is down and
+/// stays up through 60 s of outage with flat memory and threads, quiet
+/// logs and an honest `/readyz`; when the broker comes, records flow
+/// without a restart.
+#[test]
+fn a_host_started_during_a_broker_outage_waits_flat_and_flows_when_it_comes() {
+    const OUTAGE: Duration = Duration::from_secs(60);
+    let port = crate::support::tansu::free_port();
+    let mut env = Env::on(crate::support::tansu::Broker::stopped(port), 3);
+    let config = env.write_config("chaos", "");
+    let started = Instant::now();
+    let mut host = env.start_host(&config);
+    let body = host.wait_status("/readyz", 503, Duration::from_secs(30));
+    // Warm-up: plugin compiled, clients created, first connection refused.
+    std::thread::sleep(Duration::from_secs(5));
+    let body = host.get("/readyz").map_or(body, |(_, b)| b);
+    let reasons = body["reasons"].to_string();
+    assert!(
+        reasons.contains("not connected to Kafka"),
+        "/readyz names the outage: {reasons}"
+    );
+    let base = host.sample();
+    let log_base = host.log_lines().len();
+    let mut samples = vec![base];
+    while started.elapsed() < OUTAGE {
+        std::thread::sleep(Duration::from_secs(2));
+        host.assert_running();
+        samples.push(host.sample());
+        let (status, body) = host
+            .get("/readyz")
+            .expect("admin answers during the outage");
+        assert_eq!(status, 503, "not ready without a broker: {body}");
+        let (status, body) = host.get("/healthz").expect("admin answers");
+        assert_eq!(
+            status, 200,
+            "a broker outage is no reason to restart: {body}"
+        );
+    }
+    let outage_lines: Vec<String> = host.log_lines().split_off(log_base);
+    let max_rss = samples.iter().map(|s| s.rss).max().unwrap_or(0);
+    let threads: std::collections::BTreeSet<usize> = samples.iter().map(|s| s.threads).collect();
+    eprintln!(
+        "outage of {:?}: RSS {} -> max {} KiB, threads {threads:?}, fds {} -> {}, {} log lines after warm-up",
+        started.elapsed(),
+        base.rss >> 10,
+        max_rss >> 10,
+        base.fds,
+        samples.last().map_or(0, |s| s.fds),
+        outage_lines.len()
+    );
+    assert!(
+        max_rss < base.rss + (5 << 20),
+        "RSS grew {} KiB during the outage",
+        (max_rss - base.rss) >> 10
+    );
+    assert_eq!(threads.len(), 1, "thread count constant: {threads:?}");
+    // Rate-limited: the host lets each kind of line through at most once
+    // per 10 s (librdkafka's own lines once per 30 s), saying how many it
+    // suppressed; unlimited, these are a few hundred lines a minute.
+    let mut kinds: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for line in &outage_lines {
+        *kinds.entry(log_kind(line)).or_default() += 1;
+    }
+    let most = (OUTAGE.as_secs() / 10 + 1) as usize;
+    let flooding: Vec<_> = kinds.iter().filter(|(_, n)| **n > most).collect();
+    assert!(flooding.is_empty(), "log lines repeated: {flooding:?}");
+    assert!(
+        outage_lines.len() <= 60,
+        "{} log lines in {OUTAGE:?} of outage",
+        outage_lines.len()
+    );
+    assert!(
+        outage_lines.iter().any(|l| l.contains("suppressed")),
+        "repeats are counted, not lost"
+    );
+
+    // The broker arrives; the same process connects and works.
+    let pid = host.pid();
+    env.broker.up();
+    env.create_topics();
+    let inputs = client::numbered(0..3000, Some(100));
+    let mut producer = Producer::new(&env.brokers());
+    producer.send_all(&env.input, &inputs);
+    let ends = producer.ends(&env.input);
+    let took = client::wait_committed(&env.brokers(), &env.group, &env.input, &ends, WAIT, || {
+        host.assert_running();
+    });
+    host.wait_status("/readyz", 200, Duration::from_secs(30));
+    assert_eq!(host.pid(), pid, "no restart");
+    eprintln!(
+        "after the broker came: {} records committed in {took:?}",
+        inputs.len()
+    );
+    let status = host.terminate(Duration::from_secs(30));
+    assert!(status.success(), "graceful stop: {status}");
+    let t = env.tally("outage", &inputs);
+    assert_eq!(t.dead_keys, 30, "{t:?}");
+}
+
+/// A log line without its timestamp and numbers, to group repeats.
+fn log_kind(line: &str) -> String {
+    line.split_whitespace()
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .filter(|c| !c.is_ascii_digit())
+        .collect()
 }

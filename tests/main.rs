@@ -21,5 +21,14 @@ mod health;
 /// The host binary on a real broker (Tansu): SIGKILL, outage, hostile records.
 mod broker;
 
+/// The host binary on a real broker: a trap storm and a soak, memory flat.
+mod soak;
+
+/// `sandpiper dlq inspect` and `replay`: counts, re-drives, loop guard, resuming.
+mod dlq;
+
 /// Hot-swapping plugins: API, CLI, file watch, canary, rollback, fleet.
 mod deploy;
+
+/// Operating it: metrics, preflight check, status page in a real browser.
+mod ops;

@@ -229,6 +229,10 @@ async fn partitions_on_live_brokers_keep_flowing_while_one_broker_is_down() {
             .partition_leader(&env.dlq, p, Some(1 + p % 2))
             .expect("leader");
     }
+    // The group's coordinator on a live broker too (its loss is the next test).
+    env.cluster
+        .group_coordinator(&env.group, 1)
+        .expect("coordinator");
     let first = env.inputs((0..300).map(|i| format!("a{i}").into_bytes()));
     env.produce(&first).await;
     let app = App::start(env.config("chaos", "")).await.expect("starts");
@@ -243,7 +247,28 @@ async fn partitions_on_live_brokers_keep_flowing_while_one_broker_is_down() {
     );
 
     env.cluster.broker_down(3).expect("down");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Readiness names the unavailable partition, and only that one.
+    let unavailable = format!("{}/2", env.input);
+    let started = std::time::Instant::now();
+    let reasons = loop {
+        let reasons = app.health.readiness().reasons;
+        if reasons.iter().any(|r| r.contains(&unavailable)) {
+            break reasons;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "readiness does not name {unavailable} while its broker is down: {reasons:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("readiness while broker 3 is down: {reasons:?}");
+    for healthy in [0, 1] {
+        let name = format!("{}/{healthy}", env.input);
+        assert!(
+            !reasons.iter().any(|r| r.contains(&name)),
+            "{name} is healthy: {reasons:?}"
+        );
+    }
     // Records for partitions 0 and 1 (their leaders are alive).
     let mut second = env.inputs((300..600).map(|i| format!("b{i}").into_bytes()));
     for (i, r) in second.iter_mut().enumerate() {
@@ -274,6 +299,21 @@ async fn partitions_on_live_brokers_keep_flowing_while_one_broker_is_down() {
     let third = produce_to_partitions(&env, third, &[2]).await;
     let total = first.len() + second.len() + third.len();
     wait_committed(&app, total, WAIT).await;
+    let started = std::time::Instant::now();
+    while app
+        .health
+        .readiness()
+        .reasons
+        .iter()
+        .any(|r| r.contains(&unavailable))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{unavailable} still reported after its broker returned: {:?}",
+            app.health.readiness().reasons
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let outputs = env.read(&env.output, total).await;
     let dead = env.read(&env.dlq, 0).await;
     let grown = rss_bytes().saturating_sub(rss);

@@ -288,10 +288,107 @@ async fn pipeline_bench(total: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The pause a swap causes: the longest gap between two consecutive
+/// outputs (producer timestamps, ms) within 1 s of the swap, against the
+/// longest gap in the rest of the run, on a backlog of records (one
+/// partition: the embedded cluster keeps about 5 MiB per partition).
+async fn swap_bench(total: u64) -> anyhow::Result<()> {
+    let cluster = EmbeddedCluster::start(1)?;
+    let brokers = cluster.bootstrap_servers().to_owned();
+    for t in ["swap-in", "swap-out", "swap-dlq"] {
+        cluster.create_topic(t, 1, 1)?;
+    }
+    let inputs: Vec<Outgoing> = (0..total)
+        .map(|i| Outgoing {
+            topic: "swap-in".into(),
+            key: Some(format!("key-{i}").into_bytes()),
+            value: Some(vec![b'a'; 100]),
+            headers: Vec::new(),
+            timestamp: None,
+        })
+        .collect();
+    tools::produce_all(&brokers, &inputs).await?;
+    let text = format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+group = "swap-bench"
+[[pipeline]]
+name = "swap"
+inputs = ["swap-in"]
+output = "swap-out"
+dead_letter = "swap-dlq"
+plugin = "{plugin}"
+"#,
+        plugin = plugin("passthrough").display()
+    );
+    let app = App::start(Config::parse("swap bench", &text)?).await?;
+    let health = app.health.pipelines()[0].clone();
+    let done = || -> i64 {
+        health
+            .assigned()
+            .iter()
+            .map(|p| p.completed.load(Ordering::Relaxed) + 1)
+            .sum()
+    };
+    while (done() as u64) < total / 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let v2 = std::fs::read(plugin("uppercase"))?;
+    let swap_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let t = Instant::now();
+    let deployed = app.deployers["swap"]
+        .deploy("uppercase", v2.into(), sandpiper::deploy::Source::Api)
+        .await?;
+    let deploy_time = t.elapsed();
+    while (done() as u64) < total {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    app.stop().await;
+    let b = brokers.clone();
+    let outputs = tokio::task::spawn_blocking(move || {
+        tools::read_topic(
+            &b,
+            "swap-out",
+            total as usize,
+            Duration::from_secs(3),
+            Duration::from_secs(60),
+        )
+    })
+    .await??;
+    let mut stamps: Vec<i64> = outputs.iter().filter_map(|r| r.timestamp).collect();
+    stamps.sort_unstable();
+    let (mut near, mut far) = (0i64, 0i64);
+    for w in stamps.windows(2) {
+        let gap = w[1] - w[0];
+        if (w[0] - swap_at).abs() <= 1000 {
+            near = near.max(gap);
+        } else {
+            far = far.max(gap);
+        }
+    }
+    println!(
+        "swap {} -> {}: deploy call (compile + check + swap) {deploy_time:.2?}; longest gap between outputs within 1 s of the swap {near} ms, elsewhere {far} ms ({} outputs)",
+        deployed.previous,
+        deployed.plugin,
+        stamps.len()
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
     if matches!(what.as_str(), "runtime" | "all") {
         runtime_bench()?;
+    }
+    if matches!(what.as_str(), "swap" | "all") {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()?
+            .block_on(swap_bench(20_000))?;
     }
     if matches!(what.as_str(), "pipeline" | "all") {
         let total = std::env::args()

@@ -10,13 +10,14 @@ use tokio_util::sync::CancellationToken;
 
 use std::collections::HashMap;
 
-use crate::admin::AdminState;
+use crate::admin::{AdminState, StatusSource};
 use crate::config::Config;
 use crate::deploy::{Deployer, DeployerSpec, watch};
 use crate::health::{Health, PipelineHealth};
 use crate::kafka::ClientSettings;
 use crate::kafka::control::{ControlFollower, ControlPublisher};
 use crate::kafka::embedded::EmbeddedCluster;
+use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineSpec};
 use crate::runtime::Runtime;
 
@@ -29,6 +30,8 @@ pub struct App {
     pub pipelines: Vec<Pipeline>,
     pub health: Arc<Health>,
     pub admin: Option<SocketAddr>,
+    /// Each pipeline's deployer, by pipeline name.
+    pub deployers: HashMap<String, Arc<Deployer>>,
     admin_stop: CancellationToken,
     /// Kept alive for `brokers = "embedded"`.
     pub embedded: Option<EmbeddedCluster>,
@@ -84,17 +87,27 @@ impl App {
             |c| c.bootstrap_servers().to_owned(),
         );
 
+        // Preflight: log what would bite later (missing topics, replication
+        // factor 1) without refusing to start: topics may appear later.
+        let mut preflight = crate::check::Report::default();
+        crate::check::kafka(&config, None, &mut preflight).await;
+        crate::check::log(&preflight);
+
         let health = Arc::new(Health::default());
+        let metrics = Arc::new(Metrics::new());
         let admin_stop = CancellationToken::new();
         let mut pipelines = Vec::new();
         let mut deployers = HashMap::new();
         let mut control_settings = None;
+        let mut status = Vec::new();
         for (p, (plugin, bytes)) in config.pipelines.iter().zip(plugins) {
             let pipeline_health = Arc::new(PipelineHealth::new(
                 p.name(),
                 Duration::from_secs(p.stall_timeout_secs),
             ));
             health.add(pipeline_health.clone());
+            let pipeline_metrics = metrics.pipeline(p.name());
+            pipeline_health.set_metrics(pipeline_metrics.clone());
             let client = ClientSettings {
                 brokers: brokers.clone(),
                 group: p.group(&config.kafka).to_owned(),
@@ -108,6 +121,7 @@ impl App {
                 client,
                 plugin,
                 health: pipeline_health,
+                metrics: pipeline_metrics,
             })?;
             let deployer = Arc::new(Deployer::new(DeployerSpec {
                 pipeline: p.name().to_owned(),
@@ -130,6 +144,12 @@ impl App {
                 ));
             }
             tokio::spawn(deployer.clone().auto_rollback_loop(admin_stop.clone()));
+            status.push(StatusSource {
+                name: p.name().to_owned(),
+                counters: pipeline.counters(),
+                health: pipeline.health(),
+                deployer: deployer.clone(),
+            });
             deployers.insert(p.name().to_owned(), deployer);
             pipelines.push(pipeline);
         }
@@ -150,7 +170,9 @@ impl App {
             Some(admin) => {
                 let state = AdminState {
                     health: health.clone(),
-                    deployers: Arc::new(deployers),
+                    metrics: metrics.clone(),
+                    status: Arc::new(status),
+                    deployers: Arc::new(deployers.clone()),
                     token: admin.token().map(Arc::from),
                     control,
                 };
@@ -166,6 +188,7 @@ impl App {
             pipelines,
             health,
             admin,
+            deployers,
             admin_stop,
             embedded,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),

@@ -35,11 +35,16 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the pipelines of a config file until SIGTERM/SIGINT.
     Run(RunArgs),
+    /// Check a config: plugins, brokers, topics, replication. Exit 1 on errors.
+    Check(CheckArgs),
     /// Run the example pipeline on an embedded Kafka cluster and show what went where.
     Demo(DemoArgs),
     /// Work with plugin files offline.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Inspect and replay dead-lettered records.
+    #[command(subcommand)]
+    Dlq(crate::dlq::DlqCommand),
 }
 
 #[derive(Debug, Args)]
@@ -47,6 +52,28 @@ pub struct RunArgs {
     /// The TOML config file.
     #[arg(long, short)]
     pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The TOML config file.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Exit 1 on warnings too.
+    #[arg(long)]
+    pub strict: bool,
+    /// Create missing topics (explicit partitions and replication factor).
+    #[arg(long)]
+    pub create_topics: bool,
+    /// Partitions of created topics.
+    #[arg(long, default_value_t = 6)]
+    pub partitions: i32,
+    /// Replication factor of created topics.
+    #[arg(long, default_value_t = 3)]
+    pub replication_factor: i32,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -234,10 +261,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tokio_runtime()?.block_on(crate::app::run(config))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Check(args) => check(args),
         Command::Demo(args) => {
             tokio_runtime()?.block_on(crate::demo::run(&args.plugin, args.records))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dlq(command) => crate::dlq::run(command),
         Command::Plugin(PluginCommand::Test(args)) => plugin_test(args),
         Command::Plugin(PluginCommand::Inspect(args)) => plugin_inspect(args),
         Command::Plugin(PluginCommand::Deploy(args)) => plugin_deploy(args),
@@ -247,7 +276,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// The host's async runtime: at least 4 workers, so a rebalance callback
 /// blocking one of them (bounded) never starves the partitions it waits for.
-fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores.max(4))
@@ -360,4 +389,43 @@ fn plugin_deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
 fn plugin_rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     let path = format!("/pipelines/{}/rollback", args.target.pipeline);
     admin_request(&args.target, "POST", &path, None)
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    use crate::check::{self, CreateTopics, Level, Report};
+    let mut report = Report::default();
+    match crate::config::Config::load(&args.config) {
+        Err(e) => report.findings.push(check::Finding {
+            level: Level::Error,
+            message: e.to_string(),
+        }),
+        Ok(config) => {
+            check::plugins(&config, &mut report);
+            let create = args.create_topics.then_some(CreateTopics {
+                partitions: args.partitions,
+                replication: args.replication_factor,
+            });
+            tokio_runtime()?.block_on(check::kafka(&config, create, &mut report));
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for f in &report.findings {
+            let tag = match f.level {
+                Level::Ok => "ok",
+                Level::Warning => "WARNING",
+                Level::Error => "ERROR",
+            };
+            println!("{tag:>7}  {}", f.message);
+        }
+    }
+    let (errors, warnings) = (report.count(Level::Error), report.count(Level::Warning));
+    eprintln!("{errors} errors, {warnings} warnings");
+    let failed = errors > 0 || (args.strict && warnings > 0);
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -135,10 +135,13 @@ pub struct PipelineHealth {
     last_client_error: Mutex<Option<String>>,
     fatal: Mutex<Option<String>>,
     partitions: Mutex<BTreeMap<(String, i32), Arc<PartitionProgress>>>,
-    /// Partitions librdkafka reports without a leader (offline).
-    offline: Mutex<Vec<(String, i32)>>,
+    /// Partitions without a leader, or whose leader's broker is down, with
+    /// why; from the latest statistics of the client that reports them.
+    offline: Mutex<BTreeMap<(String, i32), String>>,
     /// Consumer lag per partition from the statistics.
     lag: Mutex<BTreeMap<(String, i32), i64>>,
+    /// Where lag and committed offsets are also reported.
+    metrics: std::sync::OnceLock<crate::metrics::PipelineMetrics>,
 }
 
 impl PipelineHealth {
@@ -152,9 +155,15 @@ impl PipelineHealth {
             last_client_error: Mutex::new(None),
             fatal: Mutex::new(None),
             partitions: Mutex::new(BTreeMap::new()),
-            offline: Mutex::new(Vec::new()),
+            offline: Mutex::new(BTreeMap::new()),
             lag: Mutex::new(BTreeMap::new()),
+            metrics: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Reports lag and committed offsets as metrics too.
+    pub fn set_metrics(&self, metrics: crate::metrics::PipelineMetrics) {
+        let _ = self.metrics.set(metrics);
     }
 
     /// Registers a newly assigned partition.
@@ -231,10 +240,10 @@ impl PipelineHealth {
                 ));
             }
         }
-        for (topic, partition) in lock(&self.offline).iter() {
+        for ((topic, partition), why) in lock(&self.offline).iter() {
             if partitions.contains_key(&(topic.clone(), *partition)) {
                 problems.push(format!(
-                    "pipeline {name}: partition {topic}/{partition} is offline (no leader)"
+                    "pipeline {name}: partition {topic}/{partition} is {why}"
                 ));
             }
         }
@@ -259,17 +268,43 @@ impl ClientEvents for PipelineHealth {
         self.stats_seen.store(true, Ordering::Relaxed);
         self.brokers_up
             .store(stats.brokers_up as u64, Ordering::Relaxed);
-        let mut offline = Vec::new();
         let mut lag = lock(&self.lag);
+        let mut offline = lock(&self.offline);
+        // The consumer and the producer report different topics: replace
+        // only what this snapshot covers, or each would clear the other's.
+        let topics: std::collections::BTreeSet<&str> =
+            stats.partitions.iter().map(|p| p.topic.as_str()).collect();
+        let before = std::mem::take(&mut *offline);
         for p in &stats.partitions {
-            if p.leader < 0 {
-                offline.push((p.topic.clone(), p.partition));
+            if let Some(metrics) = self.metrics.get() {
+                metrics.partition_stats(&p.topic, p.partition, p.consumer_lag, p.committed_offset);
             }
-            if p.consumer_lag >= 0 {
-                lag.insert((p.topic.clone(), p.partition), p.consumer_lag);
+            let why = if p.leader < 0 {
+                "offline (no leader)".to_owned()
+            } else if p.leader_down {
+                format!("unavailable (its leader, broker {}, is down)", p.leader)
+            } else {
+                if p.consumer_lag >= 0 {
+                    lag.insert((p.topic.clone(), p.partition), p.consumer_lag);
+                }
+                continue;
+            };
+            let key = (p.topic.clone(), p.partition);
+            if !before.contains_key(&key) {
+                tracing::warn!(pipeline = %self.name, topic = %p.topic, partition = p.partition,
+                    "Partition {why}; the others keep flowing.");
+            }
+            offline.insert(key, why);
+        }
+        for (key, why) in before {
+            if !topics.contains(key.0.as_str()) {
+                offline.insert(key, why);
+            } else if !offline.contains_key(&key) {
+                tracing::info!(pipeline = %self.name, topic = %key.0, partition = key.1,
+                    "Partition available again.");
             }
         }
-        *lock(&self.offline) = offline;
+        drop(offline);
         if stats.brokers_up > 0 {
             *lock(&self.last_client_error) = None;
         }

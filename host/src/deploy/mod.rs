@@ -103,6 +103,8 @@ pub struct Deployer {
     /// Loaded versions, oldest first; the last is the running one.
     kept: Mutex<Vec<Kept>>,
     pub stats: Arc<VersionStats>,
+    /// Deploys refused so far (invalid plugin, failed canary).
+    refused: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Deployer {
@@ -153,7 +155,13 @@ impl Deployer {
                 bytes: spec.initial_bytes,
             }]),
             stats: spec.stats,
+            refused: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Deploys refused since start.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn pipeline(&self) -> &str {
@@ -228,6 +236,8 @@ impl Deployer {
         let (plugin, canary_records) = match checked {
             Ok(ok) => ok,
             Err(error) => {
+                self.refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(pipeline = %self.pipeline, plugin = %candidate_id, ?source, %error, "Deploy refused; the running version stays.");
                 return Err(error);
             }

@@ -42,6 +42,10 @@ pub struct PartitionStats {
     pub partition: i32,
     /// -1 when the partition has no leader (offline).
     pub leader: i32,
+    /// The leader is known but this client cannot reach it (its broker is
+    /// down): the partition is unavailable although the metadata still
+    /// names a leader.
+    pub leader_down: bool,
     /// Messages between our position and the high watermark; -1 when unknown.
     pub consumer_lag: i64,
     pub committed_offset: i64,
@@ -137,6 +141,17 @@ impl ClientContext for Context {
             .values()
             .filter(|b| b.nodeid >= 0 && b.state == "UP")
             .count();
+        // Brokers that are reachable, or not needed yet ("INIT": librdkafka
+        // connects only when it must). A leader that is neither, or that the
+        // cluster no longer lists, is down.
+        let reachable: Vec<i32> = statistics
+            .brokers
+            .values()
+            .filter(|b| {
+                b.nodeid >= 0 && !matches!(b.state.as_str(), "DOWN" | "TRY_CONNECT" | "CONNECT")
+            })
+            .map(|b| b.nodeid)
+            .collect();
         let partitions = statistics
             .topics
             .values()
@@ -146,6 +161,7 @@ impl ClientContext for Context {
                 topic: t.topic.clone(),
                 partition: p.partition,
                 leader: p.leader,
+                leader_down: p.leader >= 0 && !reachable.contains(&p.leader),
                 consumer_lag: p.consumer_lag,
                 committed_offset: p.committed_offset,
                 fetch_state: p.fetch_state.clone(),

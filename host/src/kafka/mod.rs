@@ -9,16 +9,20 @@
 //! - `context`: callbacks: rebalances, rate-limited logs, errors, statistics.
 //! - `consumer`: the consumer wrapper speaking in [`Record`]s.
 //! - `producer`: the producer wrapper and its delivery futures.
+//! - `admin`: cluster metadata and topic creation (preflight checks).
 //! - `control`: the fleet's control topic (publish and follow plugin versions).
 //! - `embedded`: the in-process mock cluster for `brokers = "embedded"` and tests.
 //! - `tools`: plain clients to produce samples and read topics (demo, tests).
+//! - `replay`: one-pass reading of a dead-letter topic and committing replay progress.
 
+pub mod admin;
 mod consumer;
 mod context;
 pub mod control;
 pub mod embedded;
 mod headers;
 mod producer;
+pub mod replay;
 pub mod tools;
 
 use std::collections::BTreeMap;
@@ -52,6 +56,11 @@ impl ClientSettings {
             // memory under any backlog.
             .set("queued.max.messages.kbytes", "16384")
             .set("queued.min.messages", "1000")
+            // Pausing a partition (its buffer is full) purges its prefetched
+            // records, and after a fetch that filled the queue librdkafka
+            // waits this long before the next one: at its default (1 s) a
+            // resumed partition idled a second per buffer's worth of records.
+            .set("fetch.queue.backoff.ms", "20")
             .set("statistics.interval.ms", "5000");
         for (k, v) in self.properties.iter().chain(&self.consumer_properties) {
             c.set(k, v);

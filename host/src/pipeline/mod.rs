@@ -36,8 +36,9 @@ use crate::config::{PipelineConfig, RetryConfig};
 use crate::deploy::VersionStats;
 use crate::health::{Done, PipelineHealth};
 use crate::kafka::{ClientSettings, Consumer, Producer, RebalanceListener};
+use crate::metrics::PipelineMetrics;
 use crate::ratelimit::LogLimiter;
-use crate::record::Record;
+use crate::record::{FailureKind, Record};
 use crate::runtime::Plugin;
 use deadletter::Labels;
 use partition::Partition;
@@ -45,11 +46,33 @@ use workers::Workers;
 
 pub use workers::Workers as PluginWorkers;
 
-/// Totals since start, for the demo, tests and (later) metrics.
+/// Totals since start, for the status page, the demo and tests.
 #[derive(Debug, Default)]
 pub struct Counters {
     pub consumed: AtomicU64,
+    pub succeeded: AtomicU64,
+    pub outputs: AtomicU64,
     pub dead_lettered: AtomicU64,
+    /// Failed plugin calls, indexed like [`FailureKind::ALL`].
+    pub failed: [AtomicU64; FailureKind::ALL.len()],
+}
+
+impl Counters {
+    pub fn failed(&self, kind: FailureKind) {
+        if let Some(i) = FailureKind::ALL.iter().position(|k| *k == kind) {
+            self.failed[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Failures by kind name, for display.
+    pub fn failed_by_kind(&self) -> Vec<(&'static str, u64)> {
+        FailureKind::ALL
+            .iter()
+            .zip(&self.failed)
+            .map(|(k, n)| (k.as_str(), n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
 }
 
 /// A partition as the router sees it.
@@ -72,6 +95,7 @@ pub(crate) struct Shared {
     workers: Arc<Workers>,
     /// Outcome counts per plugin version (automatic rollback, status).
     versions: Arc<VersionStats>,
+    metrics: PipelineMetrics,
     producer: Producer,
     /// Set right after creation (the consumer's callbacks need `Shared` first).
     consumer: OnceLock<Consumer>,
@@ -140,6 +164,7 @@ impl Shared {
                 partition: *partition,
                 progress,
                 cancel: CancellationToken::new(),
+                metrics: self.metrics.partition(topic, *partition),
             });
             let (tx, rx) = mpsc::channel(self.partition_buffer);
             let (ack_tx, ack_rx) = mpsc::channel(self.max_unacked);
@@ -203,6 +228,7 @@ impl Shared {
             return;
         };
         self.counters.consumed.fetch_add(1, Ordering::Relaxed);
+        route.part.metrics.consumed.inc();
         route.part.progress.received(record.offset);
         if route.paused {
             route.overflow.push_back(record);
@@ -298,6 +324,7 @@ pub struct PipelineSpec {
     pub client: ClientSettings,
     pub plugin: Arc<Plugin>,
     pub health: Arc<PipelineHealth>,
+    pub metrics: PipelineMetrics,
 }
 
 impl Pipeline {
@@ -309,7 +336,9 @@ impl Pipeline {
             client,
             plugin,
             health,
+            metrics,
         } = spec;
+        metrics.plugin_version(plugin.id());
         let name = config.name().to_owned();
         let producer = Producer::new(&client, &name, health.clone())?;
         let shared = Arc::new(Shared {
@@ -322,7 +351,8 @@ impl Pipeline {
                 plugin_header: config.plugin_header,
             },
             retry: config.retry.clone(),
-            workers: Arc::new(Workers::new(&name, plugin, config.workers)),
+            workers: Arc::new(Workers::new(&name, plugin, config.workers, metrics.clone())),
+            metrics,
             versions: Arc::new(VersionStats::default()),
             producer,
             consumer: OnceLock::new(),

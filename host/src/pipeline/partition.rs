@@ -16,6 +16,7 @@ use super::Shared;
 use super::backoff;
 use crate::health::{Done, PartitionProgress};
 use crate::kafka::{Delivery, Outgoing, SendError};
+use crate::metrics::PartitionMetrics;
 use crate::record::{FailureKind, Record};
 
 /// Records taken from the partition's buffer per plugin run.
@@ -42,6 +43,7 @@ pub(super) struct Partition {
     pub progress: Arc<PartitionProgress>,
     /// Cancelled on revoke or shutdown: stop taking new records.
     pub cancel: CancellationToken,
+    pub metrics: PartitionMetrics,
 }
 
 /// Runs records from `rx` through the plugin; sends what to produce to the acker.
@@ -90,6 +92,13 @@ async fn run_batch(
                 .record(plugin.id(), outcome.as_ref().err().map(|f| f.kind));
             let failure = match outcome {
                 Ok(outputs) => {
+                    part.metrics.succeeded.inc();
+                    shared.counters.succeeded.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .counters
+                        .outputs
+                        .fetch_add(outputs.len() as u64, Ordering::Relaxed);
+                    shared.metrics.outputs.inc_by(outputs.len() as u64);
                     let sends = shared.labels.outputs(outputs, plugin.id());
                     if !hand_over(part, record.offset, sends, false, acks).await {
                         return false;
@@ -100,9 +109,12 @@ async fn run_batch(
                 }
                 Err(failure) => failure,
             };
+            shared.metrics.failed(failure.kind);
+            shared.counters.failed(failure.kind);
             if failure.kind.is_host_side() {
                 // Not the record's fault: retry it for as long as it takes.
                 host_errors += 1;
+                shared.metrics.retried.inc();
                 if let Some(suppressed) = shared.logs.check("host-side") {
                     tracing::warn!(pipeline = %shared.name, topic = %record.topic, partition = record.partition,
                         offset = record.offset, suppressed, error = %failure, "Cannot run the plugin; retrying the record.");
@@ -117,6 +129,7 @@ async fn run_batch(
                 tracing::debug!(pipeline = %shared.name, offset = record.offset, attempts, reason = %failure.message, "Plugin asked for a retry.");
                 let delay = backoff::delay(attempts, initial, max);
                 attempts += 1;
+                shared.metrics.retried.inc();
                 queue.push_front(record);
                 if !sleep_or_cancel(&part.cancel, delay).await {
                     return false;
@@ -136,6 +149,7 @@ async fn run_batch(
                 .counters
                 .dead_lettered
                 .fetch_add(1, Ordering::Relaxed);
+            part.metrics.dead_lettered.inc();
             let offset = record.offset;
             let dead_letter = shared.labels.dead_letter(record, &failure, attempts);
             if !hand_over(part, offset, vec![dead_letter], true, acks).await {

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 
+use crate::metrics::PipelineMetrics;
 use crate::record::{FailureKind, Outcome, Record};
 use crate::runtime::{Instance, Plugin};
 
@@ -33,6 +34,7 @@ pub struct Workers {
     plugin: ArcSwap<Plugin>,
     permits: Semaphore,
     idle: Mutex<Vec<Instance>>,
+    metrics: PipelineMetrics,
 }
 
 impl std::fmt::Debug for Workers {
@@ -44,12 +46,18 @@ impl std::fmt::Debug for Workers {
 }
 
 impl Workers {
-    pub fn new(pipeline: &str, plugin: Arc<Plugin>, workers: usize) -> Self {
+    pub fn new(
+        pipeline: &str,
+        plugin: Arc<Plugin>,
+        workers: usize,
+        metrics: PipelineMetrics,
+    ) -> Self {
         Self {
             pipeline: pipeline.to_owned(),
             plugin: ArcSwap::new(plugin),
             permits: Semaphore::new(workers),
             idle: Mutex::new(Vec::with_capacity(workers)),
+            metrics,
         }
     }
 
@@ -60,6 +68,7 @@ impl Workers {
     /// Switches to `plugin` between records: batches already running finish
     /// on the version they started with.
     pub fn swap(&self, plugin: Arc<Plugin>) -> Arc<Plugin> {
+        self.metrics.plugin_version(plugin.id());
         self.plugin.swap(plugin)
     }
 
@@ -93,9 +102,11 @@ impl Workers {
             .expect("the workers semaphore is never closed");
         let mut instance = self.checkout();
         let pipeline = self.pipeline.clone();
+        let metrics = self.metrics.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let mut records = records;
             let mut done = Vec::with_capacity(records.len());
+            let instantiations = instance.instantiations();
             while let Some(record) = records.pop_front() {
                 let span = tracing::info_span!(
                     "record",
@@ -105,13 +116,16 @@ impl Workers {
                     offset = record.offset,
                     plugin = %instance.plugin().id()
                 );
+                let started = std::time::Instant::now();
                 let outcome = span.in_scope(|| instance.handle(&record));
+                metrics.call_seconds.observe(started.elapsed().as_secs_f64());
                 let stop = matches!(&outcome, Err(f) if f.kind == FailureKind::Retry || f.kind.is_host_side());
                 done.push((record, outcome));
                 if stop {
                     break;
                 }
             }
+            metrics.instantiations.inc_by(instance.instantiations() - instantiations);
             let plugin = instance.plugin().clone();
             (
                 instance,
