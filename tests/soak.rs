@@ -224,7 +224,7 @@ fn a_soak_of_small_records_keeps_memory_threads_and_fds_flat() {
     let rate = (total as i64 - warm) as f64 / (end.at - warm_at).as_secs_f64();
     eprintln!(
         "soak: {total} records (1% traps), produced in {produced_in:?}, all committed after {:?} ({rate:.0} records/s after warm-up); \
-         warm-up (max until {warm} records): RSS {} KiB, threads {}, fds {}; max after: RSS {} KiB (+{:.1}%), threads {}, fds {}; at the end: RSS {} KiB",
+         warm-up (max until {warm} records): RSS {} KiB, threads {}, fds {}; max after: RSS {} KiB ({:+.1}%), threads {}, fds {}; at the end: RSS {} KiB",
         end.at,
         b.rss >> 10,
         b.threads,

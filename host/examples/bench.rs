@@ -54,6 +54,7 @@ fn runtime_bench() -> anyhow::Result<()> {
         },
     )?;
     let chaos = runtime.load_file(&plugin("chaos"), PluginSettings::default())?;
+    let empty = runtime.load_file(&plugin("passthrough"), PluginSettings::default())?;
     let records: Vec<Record> = (0..1000).map(record).collect();
 
     for round in 1..=3 {
@@ -92,10 +93,25 @@ fn runtime_bench() -> anyhow::Result<()> {
                 .map_err(|f| anyhow::anyhow!("{f}"))?;
         }
         let trap_t = t.elapsed();
+        // The fixed cost: an empty record through `passthrough`.
+        let mut i = Instance::new(empty.clone());
+        i.warm().map_err(|f| anyhow::anyhow!("{f}"))?;
+        let blank = Record {
+            topic: String::new(),
+            key: None,
+            value: None,
+            ..record(0)
+        };
+        let t = Instant::now();
+        for _ in 0..n {
+            i.handle(&blank).map_err(|f| anyhow::anyhow!("{f}"))?;
+        }
+        let empty_t = t.elapsed();
         let normal = reuse_t.as_secs_f64() / n as f64;
         let trap_cost = trap_t.as_secs_f64() / pairs as f64 - normal;
         println!(
-            "round {round}: reuse {} per record | per-record isolation {} per record | trap + re-instantiation {:.2} µs",
+            "round {round}: empty record (fixed cost) {} | uppercase 100 B: reuse {} per record | per-record isolation {} per record | trap + re-instantiation {:.2} µs",
+            per_record(n, empty_t),
             per_record(n, reuse_t),
             per_record(m, fresh_t),
             trap_cost * 1e6

@@ -127,6 +127,18 @@ impl HostProcess {
         std::fs::read_dir(format!("/proc/{}/task", self.pid())).map_or(0, |d| d.count())
     }
 
+    /// Names of the threads (`rdk:*` are librdkafka's, `tokio-runtime-w`
+    /// tokio's workers and blocking pool).
+    pub fn thread_names(&self) -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{}/task", self.pid()))
+            .map(|d| {
+                d.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                    .map(|n| n.trim().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |d| d.count())
     }

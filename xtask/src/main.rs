@@ -103,6 +103,7 @@ fn demo(extra: &[String]) -> anyhow::Result<()> {
 fn test(extra: &[String]) -> anyhow::Result<()> {
     build_plugins()?;
     let tansu = install_tansu()?;
+    install_chromium()?;
     let mut cmd = cargo();
     cmd.current_dir(root())
         .env("SANDPIPER_PLUGINS_BUILT", "1")
@@ -120,6 +121,27 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
             .args(extra);
     }
     run(cmd)
+}
+
+/// The status page is tested in a real browser: Debian's Chromium.
+fn install_chromium() -> anyhow::Result<()> {
+    if Path::new("/usr/bin/chromium").exists() {
+        return Ok(());
+    }
+    let mut update = Command::new("apt-get");
+    update.arg("update").arg("-qq");
+    run(update)?;
+    let mut install = Command::new("apt-get");
+    install
+        .args([
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "chromium",
+        ])
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    run(install).context("installing chromium (the status-page test needs it; run as root)")
 }
 
 /// The test broker: Tansu, a Kafka-compatible broker, as shipped prebuilt

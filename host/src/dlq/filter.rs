@@ -49,7 +49,7 @@ pub struct Filter {
 
 impl Filter {
     pub fn matches(&self, letter: &DeadLetter) -> bool {
-        let kind = self.kinds.is_empty() || self.kinds.iter().any(|k| *k == letter.kind);
+        let kind = self.kinds.is_empty() || self.kinds.contains(&letter.kind);
         let plugin = self
             .plugin
             .as_ref()

@@ -42,7 +42,7 @@ impl Progress {
         match self {
             Self::Bar(bar) => {
                 bar.set_position(read);
-                if read % 100 == 0 {
+                if read.is_multiple_of(100) {
                     bar.set_message(status());
                 }
             }

@@ -101,10 +101,10 @@ impl fmt::Display for Summary {
             "Replay of {} (pipeline {}, group {}) to {}{dry}:",
             self.topic, self.pipeline, self.group, self.to
         )?;
-        let replayed = if self.dry_run {
-            "would replay"
+        let (replayed, produced) = if self.dry_run {
+            ("would replay", "records it would produce")
         } else {
-            "replayed"
+            ("replayed", "records produced")
         };
         let rows = [
             ("read", self.read),
@@ -113,7 +113,7 @@ impl fmt::Display for Summary {
             ("skipped by loop guard", self.skipped_loop_guard),
             ("skipped, not a dead letter", self.skipped_invalid),
             ("failed again", self.failed_again),
-            ("records produced", self.produced),
+            (produced, self.produced),
         ];
         for (label, n) in rows {
             writeln!(f, "  {label:<28}{n:>10}")?;

@@ -72,8 +72,9 @@ pub(crate) fn build(settings: &EngineSettings) -> anyhow::Result<Engine> {
         .total_tables(instances.saturating_mul(4))
         // No pool-level cap: each Store enforces its pipeline's memory_mb.
         .max_memory_size(4 << 30)
-        // Freed slots return their memory to the OS: flat RSS beats the
-        // last few microseconds of instantiation.
+        // Freed slots return their memory to the OS: flat RSS. (Keeping the
+        // first MiB resident was measured slower per fresh instance: zeroing
+        // it costs more than the page faults it saves; see BENCHMARKS.md.)
         .linear_memory_keep_resident(0)
         .table_keep_resident(0);
 

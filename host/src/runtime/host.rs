@@ -92,9 +92,12 @@ impl HostState {
         }
     }
 
-    /// Resets the per-record state before a call.
-    pub(crate) fn begin(&mut self, record: RecordContext) {
-        self.record = record;
+    /// Resets the per-record state before a call (reusing allocations).
+    pub(crate) fn begin(&mut self, topic: &str, partition: i32, offset: i64) {
+        self.record.topic.clear();
+        self.record.topic.push_str(topic);
+        self.record.partition = partition;
+        self.record.offset = offset;
         self.log_lines = 0;
         self.log_suppressed = 0;
         self.limiter.denied = false;

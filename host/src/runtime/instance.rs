@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap, WasmBacktrace};
 
 use super::Plugin;
-use super::host::{HostState, Message, Processor, RecordContext, WitFailure, WitOutput};
+use super::host::{HostState, Message, Processor, WitFailure, WitOutput};
 use super::limits::Isolation;
 use crate::record::{Failure, FailureKind, Outcome, Output, Record};
 
@@ -74,11 +74,9 @@ impl Instance {
         };
         let plugin = &self.plugin;
         let limits = &plugin.settings.limits;
-        live.store.data_mut().begin(RecordContext {
-            topic: record.topic.clone(),
-            partition: record.partition,
-            offset: record.offset,
-        });
+        live.store
+            .data_mut()
+            .begin(&record.topic, record.partition, record.offset);
         arm(&mut live.store, plugin);
         live.records += 1;
 
