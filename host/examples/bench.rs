@@ -3,7 +3,7 @@
 //! - `runtime`: per-record overhead of the `uppercase` plugin on 100-byte
 //!   records, reused instance vs a fresh instance per record, and the cost
 //!   of one trap plus re-instantiation.
-//! - `pipeline`: throughput of a `passthrough` pipeline against a plain
+//! - `pipeline [N] [BROKERS]`: throughput of a `passthrough` pipeline against a plain
 //!   rust-rdkafka consume-then-produce loop with the same at-least-once
 //!   semantics (offset stored only after the delivery report), on the same
 //!   embedded cluster with the same records, alternated in one run.
@@ -245,11 +245,55 @@ workers = 2
     Ok(elapsed)
 }
 
-async fn pipeline_bench(total: u64) -> anyhow::Result<()> {
-    let cluster = EmbeddedCluster::start(1)?;
-    let brokers = cluster.bootstrap_servers().to_owned();
+/// Where the pipeline benchmark runs: the embedded cluster, or an external
+/// broker (for example Tansu) whose topics the benchmark creates.
+enum Cluster {
+    Embedded(EmbeddedCluster),
+    External(String),
+}
+
+impl Cluster {
+    fn brokers(&self) -> String {
+        match self {
+            Self::Embedded(c) => c.bootstrap_servers().to_owned(),
+            Self::External(b) => b.clone(),
+        }
+    }
+
+    async fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
+        match self {
+            Self::Embedded(c) => c.create_topic(name, partitions, 1),
+            Self::External(brokers) => {
+                let settings = sandpiper::kafka::ClientSettings {
+                    brokers: brokers.clone(),
+                    group: String::new(),
+                    properties: Default::default(),
+                    consumer_properties: Default::default(),
+                    producer_properties: Default::default(),
+                };
+                let topics = [name.to_owned()];
+                for (topic, result) in
+                    sandpiper::kafka::admin::create_topics(&settings, &topics, partitions, 1)
+                        .await?
+                {
+                    if let Err(e) = result {
+                        bail!("creating {topic}: {e}");
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn pipeline_bench(total: u64, external: Option<String>) -> anyhow::Result<()> {
+    let cluster = match external {
+        Some(brokers) => Cluster::External(brokers),
+        None => Cluster::Embedded(EmbeddedCluster::start(1)?),
+    };
+    let brokers = cluster.brokers();
     let partitions = 6;
-    cluster.create_topic("bench-in", partitions, 1)?;
+    cluster.create_topic("bench-in", partitions).await?;
     let inputs: Vec<Outgoing> = (0..total)
         .map(|i| Outgoing {
             topic: "bench-in".into(),
@@ -270,7 +314,7 @@ async fn pipeline_bench(total: u64) -> anyhow::Result<()> {
         let out_a = format!("bench-out-a{round}");
         let out_b = format!("bench-out-b{round}");
         for t in [&out_a, &out_b, &format!("{out_b}-dlq")] {
-            cluster.create_topic(t, partitions, 1)?;
+            cluster.create_topic(t, partitions).await?;
         }
         let base = plain_loop(
             &brokers,
@@ -396,6 +440,25 @@ plugin = "{plugin}"
 
 fn main() -> anyhow::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    if what == "per-record" {
+        // For profilers: only the per-record isolation loop.
+        let runtime = Runtime::new(EngineSettings::default())?;
+        let fresh = runtime.load_file(
+            &plugin("uppercase"),
+            PluginSettings {
+                isolation: Isolation::PerRecord,
+                ..PluginSettings::default()
+            },
+        )?;
+        let mut i = Instance::new(fresh);
+        let r = record(0);
+        let t = Instant::now();
+        for _ in 0..20_000 {
+            i.handle(&r).map_err(|f| anyhow::anyhow!("{f}"))?;
+        }
+        println!("per-record isolation {}", per_record(20_000, t.elapsed()));
+        return Ok(());
+    }
     if matches!(what.as_str(), "runtime" | "all") {
         runtime_bench()?;
     }
@@ -409,13 +472,14 @@ fn main() -> anyhow::Result<()> {
     if matches!(what.as_str(), "pipeline" | "all") {
         let total = std::env::args()
             .nth(2)
-            .map_or(Ok(100_000), |n| n.parse())
+            .map_or(Ok(30_000), |n| n.parse())
             .context("record count")?;
+        let external = std::env::args().nth(3);
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(4)
             .enable_all()
             .build()?
-            .block_on(pipeline_bench(total))?;
+            .block_on(pipeline_bench(total, external))?;
     }
     Ok(())
 }
