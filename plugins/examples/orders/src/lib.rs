@@ -18,7 +18,9 @@ impl Handler for Orders {
     fn handle(msg: Message) -> Result<Vec<Output>, Failure> {
         let order: Value = serde_json::from_slice(msg.value.as_deref().unwrap_or_default())
             .map_err(|e| Failure::reject(format!("invalid JSON: {e}")))?;
-        let min = config::get("min").and_then(|m| m.parse::<f64>().ok()).unwrap_or(100.0);
+        let min = config::get("min")
+            .and_then(|m| m.parse::<f64>().ok())
+            .unwrap_or(100.0);
         // The deliberate bug: no customer, no name, and unwrap() panics.
         let name = order["customer"]["name"].as_str().unwrap();
         let amount = order["amount"].as_f64().unwrap_or(0.0);
@@ -29,7 +31,9 @@ impl Handler for Orders {
             "customer": name.to_uppercase(),
             "large": amount >= min,
         });
-        Ok(vec![Output::from_message(msg).with_value(enriched.to_string())])
+        Ok(vec![
+            Output::from_message(msg).with_value(enriched.to_string()),
+        ])
     }
 }
 

@@ -151,7 +151,9 @@ fn flaky_calls(msg: &Message) -> usize {
     use std::collections::HashMap;
     use std::sync::Mutex;
     static CALLS: Mutex<Option<HashMap<(String, i32, i64), usize>>> = Mutex::new(None);
-    let mut calls = CALLS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut calls = CALLS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let n = calls
         .get_or_insert_with(HashMap::new)
         .entry((msg.topic.clone(), msg.partition, msg.offset))
