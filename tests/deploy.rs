@@ -229,6 +229,13 @@ async fn bad_uploads_and_bad_tokens_are_refused_and_the_old_version_keeps_runnin
     let (status, body) = request(addr, "POST", "/pipelines/test/rollback", Some(TOKEN), b"").await;
     assert_eq!(status, 409, "nothing to roll back to: {body}");
     assert_eq!(current(addr).await, v1, "still the first version");
+    let metrics = crate::support::http::get_text(addr, "/metrics").await;
+    assert!(
+        metrics.contains("sandpiper_plugin_deploys_total{pipeline=\"test\",result=\"refused\"} 2"),
+        "a refused deploy is counted: {metrics}"
+    );
+    let (_, listing) = get(addr, "/pipelines").await;
+    assert_eq!(listing["pipelines"][0]["deploys_refused"], 2);
 
     // It still works: records flow on v1.
     let inputs = env.inputs((0..20).map(|i| format!("r{i}").into_bytes()));

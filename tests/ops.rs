@@ -6,7 +6,7 @@ use std::time::Duration;
 use sandpiper::app::App;
 use sandpiper::config::AdminConfig;
 
-use crate::support::http::get;
+use crate::support::http::{get, get_text};
 use crate::support::kafka::{Env, tally, wait_committed};
 use crate::support::plugin;
 
@@ -41,7 +41,7 @@ async fn metrics_match_a_known_run() {
     let addr = app.admin.expect("admin");
     wait_committed(&app, inputs.len(), Duration::from_secs(90)).await;
     let plugin_id = app.pipelines[0].plugin().id().to_string();
-    let response = reqwest_text(addr, "/metrics").await;
+    let response = get_text(addr, "/metrics").await;
     app.stop().await;
     let outputs = env.read(&env.output, 93).await;
     let dead = env.read(&env.dlq, 7).await;
@@ -92,19 +92,6 @@ async fn metrics_match_a_known_run() {
     );
     assert!(m("sandpiper_process_resident_memory_bytes", &[]) > 1e6);
     assert!(m("sandpiper_process_threads", &[]) > 1.0);
-}
-
-/// The raw body of a GET (the JSON helper would drop a non-JSON body).
-async fn reqwest_text(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(req.as_bytes()).await.expect("write");
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.expect("read");
-    body.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
 }
 
 fn write_config(dir: &Path, brokers: &str, input: &str, output: &str, dlq: &str) -> PathBuf {

@@ -108,6 +108,7 @@ impl App {
             health.add(pipeline_health.clone());
             let pipeline_metrics = metrics.pipeline(p.name());
             pipeline_health.set_metrics(pipeline_metrics.clone());
+            let deploy_metrics = pipeline_metrics.clone();
             let client = ClientSettings {
                 brokers: brokers.clone(),
                 group: p.group(&config.kafka).to_owned(),
@@ -133,6 +134,7 @@ impl App {
                 keep: config.deploy.keep_versions,
                 stats: pipeline.versions(),
                 initial_bytes: bytes,
+                metrics: Some(deploy_metrics),
             }));
             if config.deploy.watch {
                 let interval = Duration::from_millis(config.deploy.watch_interval_ms.max(50));

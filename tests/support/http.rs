@@ -40,3 +40,15 @@ pub async fn request(
 pub async fn get(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
     request(addr, "GET", path, None, b"").await
 }
+
+/// The raw body of a GET (for non-JSON endpoints such as `/metrics`).
+pub async fn get_text(addr: SocketAddr, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.expect("write");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.expect("read");
+    body.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}

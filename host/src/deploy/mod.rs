@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::config::AutoRollbackConfig;
+use crate::metrics::PipelineMetrics;
 use crate::pipeline::PluginWorkers;
 use crate::runtime::{Plugin, PluginError, PluginId, PluginSettings, Runtime};
 pub use versions::{Counts, VersionStats};
@@ -105,6 +106,8 @@ pub struct Deployer {
     pub stats: Arc<VersionStats>,
     /// Deploys refused so far (invalid plugin, failed canary).
     refused: std::sync::atomic::AtomicU64,
+    /// `sandpiper_plugin_deploys{result}`.
+    metrics: Option<PipelineMetrics>,
 }
 
 impl std::fmt::Debug for Deployer {
@@ -134,6 +137,7 @@ pub struct DeployerSpec {
     pub stats: Arc<VersionStats>,
     /// The start-up version and its bytes.
     pub initial_bytes: Arc<[u8]>,
+    pub metrics: Option<PipelineMetrics>,
 }
 
 impl Deployer {
@@ -156,6 +160,7 @@ impl Deployer {
             }]),
             stats: spec.stats,
             refused: std::sync::atomic::AtomicU64::new(0),
+            metrics: spec.metrics,
         }
     }
 
@@ -238,6 +243,7 @@ impl Deployer {
             Err(error) => {
                 self.refused
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.count("refused");
                 tracing::warn!(pipeline = %self.pipeline, plugin = %candidate_id, ?source, %error, "Deploy refused; the running version stays.");
                 return Err(error);
             }
@@ -252,8 +258,18 @@ impl Deployer {
         })
     }
 
+    fn count(&self, result: &str) {
+        if let Some(metrics) = &self.metrics {
+            metrics.deploy(result);
+        }
+    }
+
     fn swap_in(&self, plugin: Arc<Plugin>, bytes: Arc<[u8]>, source: Source) -> Arc<Plugin> {
         let previous = self.workers.swap(plugin.clone());
+        self.count(match source {
+            Source::Rollback | Source::AutoRollback => "rolled-back",
+            _ => "swapped",
+        });
         tracing::info!(pipeline = %self.pipeline, plugin = %plugin.id(), previous = %previous.id(), ?source, "Plugin swapped.");
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
         kept.retain(|k| !Arc::ptr_eq(&k.plugin, &plugin));
