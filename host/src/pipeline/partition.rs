@@ -83,7 +83,12 @@ async fn run_batch(
     let mut attempts: u32 = 1;
     let mut host_errors: u32 = 0;
     while !queue.is_empty() {
-        let result = shared.workers.run(queue).await;
+        if part.cancel.is_cancelled() {
+            // Revoked or shutting down: what is left is not started, and its
+            // offsets are not stored; the partition's next owner handles it.
+            return false;
+        }
+        let result = shared.workers.run(queue, &part.cancel).await;
         queue = result.rest;
         let plugin = result.plugin;
         for (record, outcome) in result.done {

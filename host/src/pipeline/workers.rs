@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::PipelineMetrics;
 use crate::record::{FailureKind, Outcome, Record};
@@ -93,7 +94,9 @@ impl Workers {
 
     /// Runs `records` in order on one instance, stopping after the first
     /// record that must be retried (plugin `retry` or a host-side failure).
-    pub async fn run(&self, records: VecDeque<Record>) -> BatchResult {
+    /// Stops early, before the next record, once `cancel` is cancelled (a
+    /// revoke or shutdown waits only for the record being handled).
+    pub async fn run(&self, records: VecDeque<Record>, cancel: &CancellationToken) -> BatchResult {
         // The semaphore is never closed, so acquire cannot fail.
         let _permit = self
             .permits
@@ -103,11 +106,14 @@ impl Workers {
         let mut instance = self.checkout();
         let pipeline = self.pipeline.clone();
         let metrics = self.metrics.clone();
+        let cancel = cancel.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let mut records = records;
             let mut done = Vec::with_capacity(records.len());
             let instantiations = instance.instantiations();
-            while let Some(record) = records.pop_front() {
+            while !cancel.is_cancelled()
+                && let Some(record) = records.pop_front()
+            {
                 let span = tracing::info_span!(
                     "record",
                     pipeline = %pipeline,
