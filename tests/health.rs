@@ -24,11 +24,7 @@ async fn wait_status(addr: std::net::SocketAddr, path: &str, want: u16) -> serde
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readiness_follows_the_broker_and_liveness_stays_up() {
     let env = Env::new(1, 2);
-    let mut config = env.config("uppercase", "");
-    config.admin = Some(sandpiper::config::AdminConfig {
-        listen: "127.0.0.1:0".into(),
-        token: None,
-    });
+    let config = env.config_with_admin("uppercase", "");
     let app = App::start(config).await.expect("starts");
     let addr = app.admin.expect("admin listener");
     let body = wait_status(addr, "/readyz", 200).await;
@@ -54,12 +50,8 @@ async fn readiness_follows_the_broker_and_liveness_stays_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fatal_pipeline_fails_healthz_and_the_host_exits_after_the_grace_period() {
     let env = Env::new(1, 1);
-    let mut config = env.config("uppercase", "");
+    let mut config = env.config_with_admin("uppercase", "");
     config.unhealthy_exit_secs = 1;
-    config.admin = Some(sandpiper::config::AdminConfig {
-        listen: "127.0.0.1:0".into(),
-        token: None,
-    });
     let app = App::start(config).await.expect("starts");
     let addr = app.admin.expect("admin listener");
     app.health.pipelines()[0].set_fatal("worker of t/0 panicked: test".into());

@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sandpiper::app::App;
-use sandpiper::config::AdminConfig;
 
 use crate::support::http::{get, get_text};
 use crate::support::kafka::{Env, tally, wait_committed};
@@ -32,11 +31,7 @@ async fn metrics_match_a_known_run() {
         .collect();
     let inputs = env.inputs(values);
     env.produce(&inputs).await;
-    let mut config = env.config("chaos", "");
-    config.admin = Some(AdminConfig {
-        listen: "127.0.0.1:0".into(),
-        token: None,
-    });
+    let config = env.config_with_admin("chaos", "");
     let app = App::start(config).await.expect("starts");
     let addr = app.admin.expect("admin");
     wait_committed(&app, inputs.len(), Duration::from_secs(90)).await;
@@ -256,11 +251,7 @@ async fn the_status_page_shows_pipelines_in_a_real_browser() {
         .collect();
     let inputs = env.inputs(values);
     env.produce(&inputs).await;
-    let mut config = env.config("chaos", "");
-    config.admin = Some(AdminConfig {
-        listen: "127.0.0.1:0".into(),
-        token: None,
-    });
+    let config = env.config_with_admin("chaos", "");
     let app = App::start(config).await.expect("starts");
     let addr = app.admin.expect("admin");
     wait_committed(&app, inputs.len(), Duration::from_secs(90)).await;

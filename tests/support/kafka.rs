@@ -56,6 +56,16 @@ impl Env {
         Config::parse("test config", &text).expect("test config is valid")
     }
 
+    /// [`Env::config`] plus an admin listener on a free loopback port (no token).
+    pub fn config_with_admin(&self, plugin_name: &str, extra: &str) -> Config {
+        let mut config = self.config(plugin_name, extra);
+        config.admin = Some(sandpiper::config::AdminConfig {
+            listen: "127.0.0.1:0".into(),
+            token: None,
+        });
+        config
+    }
+
     /// Inputs with keys `r{i}` and the given values.
     pub fn inputs(&self, values: impl IntoIterator<Item = Vec<u8>>) -> Vec<Outgoing> {
         values
