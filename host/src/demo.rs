@@ -160,8 +160,18 @@ max_backoff_ms = 1000
             header(r, H_MESSAGE)
         );
         println!("      value: {}", text(&r.value));
-        if let Some(line) = header(r, H_STDERR).lines().find(|l| l.contains("panicked")) {
-            println!("      stderr: {line}");
+        // A Rust panic prints where, then why, on the next line.
+        let stderr: Vec<&str> = header(r, H_STDERR).lines().collect();
+        if let Some(at) = stderr.iter().position(|l| l.contains("panicked")) {
+            println!(
+                "      stderr: {}",
+                stderr[at..]
+                    .iter()
+                    .take(2)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
         }
     }
     println!("\nCommitted offsets:");
