@@ -86,6 +86,31 @@ pub struct PutQuery {
     name: Option<String>,
 }
 
+/// The checks every write shares: the token, then the pipeline.
+fn writable(
+    state: &AdminState,
+    headers: &HeaderMap,
+    pipeline: &str,
+) -> Result<Arc<Deployer>, Response> {
+    authorize(state, headers)?;
+    deployer(state, pipeline).cloned()
+}
+
+/// The response to a deploy or rollback, published to the fleet when it changed something.
+async fn answer(
+    state: &AdminState,
+    deployer: &Deployer,
+    result: Result<Deployed, DeployError>,
+) -> Response {
+    match result {
+        Ok(done) => match publish(state, deployer, &done).await {
+            Ok(()) => (StatusCode::OK, Json(done)).into_response(),
+            Err(response) => response,
+        },
+        Err(e) => refused(&e),
+    }
+}
+
 pub async fn put_plugin(
     State(state): State<AdminState>,
     Path(pipeline): Path<String>,
@@ -93,28 +118,17 @@ pub async fn put_plugin(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(response) = authorize(&state, &headers) {
-        return response;
-    }
-    let deployer = match deployer(&state, &pipeline) {
-        Ok(d) => d.clone(),
+    let deployer = match writable(&state, &headers, &pipeline) {
+        Ok(d) => d,
         Err(response) => return response,
     };
     let name = query
         .name
         .unwrap_or_else(|| deployer.current().id().name().to_owned());
-    match deployer
+    let result = deployer
         .deploy(&name, Arc::from(body.as_ref()), Source::Api)
-        .await
-    {
-        Ok(done) => {
-            if let Err(response) = publish(&state, &deployer, &done).await {
-                return response;
-            }
-            (StatusCode::OK, Json(done)).into_response()
-        }
-        Err(e) => refused(&e),
-    }
+        .await;
+    answer(&state, &deployer, result).await
 }
 
 pub async fn rollback(
@@ -122,22 +136,12 @@ pub async fn rollback(
     Path(pipeline): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(response) = authorize(&state, &headers) {
-        return response;
-    }
-    let deployer = match deployer(&state, &pipeline) {
-        Ok(d) => d.clone(),
+    let deployer = match writable(&state, &headers, &pipeline) {
+        Ok(d) => d,
         Err(response) => return response,
     };
-    match deployer.rollback(Source::Rollback).await {
-        Ok(done) => {
-            if let Err(response) = publish(&state, &deployer, &done).await {
-                return response;
-            }
-            (StatusCode::OK, Json(done)).into_response()
-        }
-        Err(e) => refused(&e),
-    }
+    let result = deployer.rollback(Source::Rollback).await;
+    answer(&state, &deployer, result).await
 }
 
 pub async fn list(State(state): State<AdminState>) -> impl IntoResponse {
