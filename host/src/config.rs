@@ -143,8 +143,11 @@ pub struct PipelineConfig {
 const fn default_workers() -> usize {
     2
 }
+/// Pausing a full partition makes librdkafka drop what it prefetched and
+/// fetch it again on resume; 256 records made a partition pause every few
+/// milliseconds at speed (a third of the throughput lost, BENCHMARKS.md).
 const fn default_partition_buffer() -> usize {
-    256
+    1024
 }
 const fn default_max_unacked() -> usize {
     1024

@@ -16,7 +16,9 @@ tasks:
   demo            build the plugins, run the demo pipeline on an embedded Kafka
   test            build the plugins, install the test broker, run every test
   build-plugins   build the example and test plugins (wasm32-wasip2)
-  bench           run the benchmarks (release build)
+  bench           the pipeline benchmark against a native loop (release build;
+                  updates BENCHMARKS.md and docs/); --quick: CI's small run;
+                  runtime | per-record | swap: the runtime's own benchmarks
 ";
 
 fn main() -> ExitCode {
@@ -125,7 +127,13 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
 
 /// The status page is tested in a real browser: Debian's Chromium.
 fn install_chromium() -> anyhow::Result<()> {
-    if Path::new("/usr/bin/chromium").exists() {
+    install_debian_package("chromium", "/usr/bin/chromium")
+        .context("installing chromium (the status-page test needs it; run as root)")
+}
+
+/// Installs a Debian package unless `file` (which it provides) exists.
+fn install_debian_package(package: &str, file: &str) -> anyhow::Result<()> {
+    if Path::new(file).exists() {
         return Ok(());
     }
     let mut update = Command::new("apt-get");
@@ -133,15 +141,9 @@ fn install_chromium() -> anyhow::Result<()> {
     run(update)?;
     let mut install = Command::new("apt-get");
     install
-        .args([
-            "install",
-            "-y",
-            "-qq",
-            "--no-install-recommends",
-            "chromium",
-        ])
+        .args(["install", "-y", "-qq", "--no-install-recommends", package])
         .env("DEBIAN_FRONTEND", "noninteractive");
-    run(install).context("installing chromium (the status-page test needs it; run as root)")
+    run(install).with_context(|| format!("installing the Debian package {package}"))
 }
 
 /// The test broker: Tansu, a Kafka-compatible broker, as shipped prebuilt
@@ -181,19 +183,37 @@ fn install_tansu() -> anyhow::Result<PathBuf> {
     Ok(binary)
 }
 
+/// `cargo xtask bench`: the pipeline benchmark (native loop against
+/// Sandpiper on a Tansu broker), release build; it writes the plots into
+/// `docs/` and the table into BENCHMARKS.md. `--quick`: CI's small variant,
+/// in the test profile's build (already built by the tests), output under
+/// `target/`. `runtime`, `per-record`, `swap`: the runtime's own figures.
 fn bench(extra: &[String]) -> anyhow::Result<()> {
     build_plugins()?;
+    let tansu = install_tansu()?;
+    install_debian_package(
+        "fonts-dejavu-core",
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    )
+    .context("installing the plots' font")?;
+    let quick = extra.iter().any(|a| a == "--quick");
     let mut cmd = cargo();
-    cmd.current_dir(root())
-        .args([
-            "run",
-            "--release",
-            "-p",
-            "sandpiper",
-            "--example",
-            "bench",
-            "--",
-        ])
-        .args(extra);
+    cmd.current_dir(root()).env("SANDPIPER_TANSU", &tansu);
+    cmd.args(["run", "--quiet", "-p", "sandpiper", "--example", "bench"]);
+    if !quick {
+        cmd.arg("--release");
+    }
+    cmd.arg("--");
+    match extra.first().map(String::as_str) {
+        None => {
+            cmd.args(["pipeline", "--docs"]);
+        }
+        Some(flag) if flag.starts_with("--") => {
+            cmd.arg("pipeline").args(extra);
+        }
+        Some(_) => {
+            cmd.args(extra);
+        }
+    }
     run(cmd)
 }

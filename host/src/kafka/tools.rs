@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -41,16 +42,35 @@ pub async fn produce_all(brokers: &str, records: &[Outgoing]) -> anyhow::Result<
         if let Some(ts) = r.timestamp {
             fr = fr.timestamp(ts);
         }
-        deliveries.push(producer.send(fr, Duration::from_secs(30)));
-        // Keep librdkafka's queue small; deliveries complete in the background.
+        // `send_result` queues at once and hands back the delivery future
+        // (`FutureProducer::send` would queue only when awaited: one record
+        // per linger period).
+        let delivery = loop {
+            match producer.send_result(fr) {
+                Ok(delivery) => break delivery,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    fr = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(e).context("producing a record"),
+            }
+        };
+        deliveries.push(delivery);
+        // Keep the acknowledgements we hold bounded.
         if deliveries.len() >= 10_000 {
             for d in deliveries.drain(..) {
-                d.await.map_err(|(e, _)| e).context("producing a record")?;
+                d.await
+                    .context("producer closed")?
+                    .map_err(|(e, _)| e)
+                    .context("producing a record")?;
             }
         }
     }
     for d in deliveries {
-        d.await.map_err(|(e, _)| e).context("producing a record")?;
+        d.await
+            .context("producer closed")?
+            .map_err(|(e, _)| e)
+            .context("producing a record")?;
     }
     Ok(())
 }

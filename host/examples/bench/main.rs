@@ -1,0 +1,156 @@
+//! Benchmarks behind BENCHMARKS.md; run them with `cargo xtask bench`.
+//!
+//! - `pipeline [--quick] [--docs] [--out DIR]`: the native rust-rdkafka
+//!   loop and Sandpiper side by side on one Tansu broker (`matrix`): every
+//!   scenario at 100 B and 1 KB records, 1 and 2 workers; throughput, MB/s,
+//!   CPU per record, peak RSS, and p50/p99 latency at half the native
+//!   maximum rate; a table, the targets and plots. `--quick` is CI's small
+//!   variant; `--docs` writes the plots into `docs/` and the table into
+//!   BENCHMARKS.md.
+//! - `report DIR`: redraws the table and plots from a run's results.json.
+//! - `runtime`, `per-record`, `swap`: the runtime without Kafka, and the
+//!   pause of a hot swap (`runtime`).
+//! - `scenario SPEC`: one measured run (the orchestrator's child process).
+
+mod broker;
+mod matrix;
+mod native;
+mod report;
+mod runtime;
+mod scenario;
+/// `json-transform`'s code, for the native loop to run it outside Wasm.
+#[path = "../../../plugins/examples/json-transform/src/transform.rs"]
+mod transform;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("scenario") => {
+            let spec = args.get(1).context("scenario SPEC")?;
+            scenario::run(&serde_json::from_str(spec)?)
+        }
+        Some("pipeline") | None => pipeline(&args.get(1..).unwrap_or_default()),
+        Some("report") => {
+            let dir = PathBuf::from(args.get(1).context("report DIR")?);
+            let rows = matrix::load(&dir)?;
+            report::plots(&rows, &dir)?;
+            print!("{}\n{}", report::table(&rows), report::targets(&rows));
+            Ok(())
+        }
+        Some("runtime") => runtime::runtime_bench(),
+        Some("per-record") => runtime::per_record_bench(),
+        Some("swap") => runtime::swap(),
+        Some(other) => {
+            bail!("unknown benchmark {other:?} (pipeline, report, runtime, per-record, swap)")
+        }
+    }
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn pipeline(args: &[String]) -> anyhow::Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let docs = args.iter().any(|a| a == "--docs");
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map_or_else(
+            || {
+                repo()
+                    .join("target")
+                    .join(if quick { "bench-quick" } else { "bench" })
+            },
+            PathBuf::from,
+        );
+    let mut plan = if quick {
+        matrix::Plan::quick(out.clone())
+    } else {
+        matrix::Plan::full(out.clone())
+    };
+    // For profiling one corner: `--config 1024x2`, `--modes native,reuse`,
+    // `--records N`, `--pipeline-toml 'partition_buffer = 1024'`.
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+    };
+    if let Some(c) = value("--config") {
+        let (size, workers) = c.split_once('x').context("--config SIZExWORKERS")?;
+        plan.configs = vec![(size.parse()?, workers.parse()?)];
+    }
+    if let Some(m) = value("--modes") {
+        plan.modes = m
+            .split(',')
+            .map(|m| {
+                scenario::Mode::ALL
+                    .into_iter()
+                    .find(|x| x.short() == m)
+                    .with_context(|| format!("unknown mode {m:?}"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+    }
+    if let Some(n) = value("--records") {
+        plan.records_override = Some(n.parse()?);
+    }
+    if let Some(r) = value("--rate") {
+        plan.rate_override = Some(r.parse()?);
+    }
+    if let Some(t) = value("--pipeline-toml") {
+        plan.pipeline_toml = t.clone();
+    }
+    let rows = matrix::run(&plan)?;
+    let table = report::table(&rows);
+    let targets = report::targets(&rows);
+    std::fs::write(out.join("table.md"), format!("{table}\n{targets}"))?;
+    report::plots(&rows, &out)?;
+    println!(
+        "{table}\n{targets}\nresults, table and plots in {}",
+        out.display()
+    );
+    if docs {
+        for plot in ["bench-throughput.png", "bench-latency.png"] {
+            std::fs::copy(out.join(plot), repo().join("docs").join(plot))?;
+        }
+        update_benchmarks_md(&table, &targets)?;
+    }
+    Ok(())
+}
+
+const BEGIN: &str = "<!-- bench pipeline: begin -->";
+const END: &str = "<!-- bench pipeline: end -->";
+
+/// Replaces the generated part of BENCHMARKS.md (between the markers) with
+/// this run's table, its date and machine.
+fn update_benchmarks_md(table: &str, targets: &str) -> anyhow::Result<()> {
+    let path = repo().join("BENCHMARKS.md");
+    let text = std::fs::read_to_string(&path)?;
+    let (Some(a), Some(b)) = (text.find(BEGIN), text.find(END)) else {
+        bail!("BENCHMARKS.md lacks the markers {BEGIN} and {END}");
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let generated = format!(
+        "{BEGIN}\n_Generated by `cargo xtask bench` on {date}; {cores} cores ({cpu}), shared._\n\n{table}\n{targets}{END}"
+    );
+    let updated = format!("{}{generated}{}", &text[..a], &text[b + END.len()..]);
+    std::fs::write(&path, updated)?;
+    Ok(())
+}

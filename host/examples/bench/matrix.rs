@@ -1,0 +1,301 @@
+//! `bench pipeline`: the native loop and Sandpiper side by side, in one
+//! invocation, on one Tansu broker, over the same preloaded records.
+//!
+//! For each record size and worker count: every [`Mode`] drains the same
+//! preloaded input (throughput, CPU, peak RSS; then a tally of its outputs
+//! and dead letters), then runs at a fixed rate, half the native loop's
+//! maximum (latency). Each run is a child process of its own.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use sandpiper::kafka::{Outgoing, tools};
+use serde::{Deserialize, Serialize};
+
+use crate::broker::Broker;
+use crate::scenario::{self, Latency, Mode, PARTITIONS, Phase, Spec, Throughput};
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// (record size in bytes, workers) pairs to run.
+    pub configs: Vec<(usize, usize)>,
+    /// Records preloaded per input topic, by record size.
+    pub records: fn(usize) -> u64,
+    /// Length of each fixed-rate run.
+    pub latency_seconds: f64,
+    /// Where results, the table and the plots go.
+    pub out: PathBuf,
+    /// The modes to run (all but when profiling one).
+    pub modes: Vec<Mode>,
+    /// Overrides the latency runs' rate (profiling).
+    pub rate_override: Option<u64>,
+    /// Overrides `records` (profiling).
+    pub records_override: Option<u64>,
+    /// Extra TOML for Sandpiper's `[[pipeline]]` table (profiling).
+    pub pipeline_toml: String,
+}
+
+impl Plan {
+    fn records(&self, size: usize) -> u64 {
+        self.records_override.unwrap_or((self.records)(size))
+    }
+
+    pub fn full(out: PathBuf) -> Self {
+        Self {
+            configs: vec![(100, 1), (100, 2), (1024, 1), (1024, 2)],
+            records: |size| if size <= 100 { 200_000 } else { 100_000 },
+            latency_seconds: 6.0,
+            out,
+            modes: Mode::ALL.to_vec(),
+            records_override: None,
+            rate_override: None,
+            pipeline_toml: String::new(),
+        }
+    }
+
+    /// CI's variant: every mode and code path, few records.
+    pub fn quick(out: PathBuf) -> Self {
+        Self {
+            configs: vec![(100, 1), (1024, 2)],
+            records: |_| 3_000,
+            latency_seconds: 1.5,
+            out,
+            modes: Mode::ALL.to_vec(),
+            records_override: None,
+            rate_override: None,
+            pipeline_toml: String::new(),
+        }
+    }
+}
+
+/// Every input accounted for: in the output, the dead letters, or missing.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Tally {
+    pub inputs: u64,
+    pub outputs: u64,
+    pub dead_letters: u64,
+    pub missing: u64,
+    pub duplicates: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
+    pub size: usize,
+    pub workers: usize,
+    pub mode: Mode,
+    pub throughput: Throughput,
+    pub tally: Tally,
+    pub latency: Option<Latency>,
+}
+
+pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
+    let broker = Broker::start()?;
+    let brokers = broker.brokers();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut sizes: Vec<usize> = plan.configs.iter().map(|c| c.0).collect();
+    sizes.dedup();
+    for &size in &sizes {
+        let n = plan.records(size);
+        for trapping in [false, true] {
+            let topic = input_topic(size, trapping);
+            broker.create_topic(&topic, PARTITIONS)?;
+            let records: Vec<Outgoing> = (0..n)
+                .map(|i| Outgoing {
+                    topic: topic.clone(),
+                    key: Some(format!("k{i}").into_bytes()),
+                    value: Some(if trapping && scenario::traps(i) {
+                        scenario::poison(size)
+                    } else {
+                        scenario::order(i, size)
+                    }),
+                    headers: Vec::new(),
+                    timestamp: None,
+                })
+                .collect();
+            let started = std::time::Instant::now();
+            rt.block_on(tools::produce_all(&brokers, &records))
+                .with_context(|| format!("preloading {topic}"))?;
+            eprintln!(
+                "bench: preloaded {n} records of {size} B into {topic} in {:.1?}",
+                started.elapsed()
+            );
+        }
+    }
+
+    let mut rows = Vec::new();
+    let mut run_id = 0;
+    for &(size, workers) in &plan.configs {
+        let records = plan.records(size);
+        for &mode in &plan.modes {
+            run_id += 1;
+            let spec = Spec {
+                mode,
+                workers,
+                brokers: brokers.clone(),
+                input: input_topic(size, mode.traps()),
+                output: format!("out-{run_id}"),
+                dead_letter: format!("dlq-{run_id}"),
+                group: format!("group-{run_id}"),
+                pipeline_toml: plan.pipeline_toml.clone(),
+                phase: Phase::Throughput { records },
+            };
+            broker.create_topic(&spec.output, PARTITIONS)?;
+            broker.create_topic(&spec.dead_letter, PARTITIONS)?;
+            let throughput: Throughput = child(&spec)?;
+            let tally = tally(&brokers, &spec, records)?;
+            eprintln!(
+                "bench: {size} B, {workers} worker(s), {}: {:.0} records/s, {:.2} µs CPU per record, peak RSS {} KiB; tally {tally:?}",
+                mode.label(),
+                throughput.records as f64 / throughput.seconds,
+                throughput.cpu_seconds * 1e6 / throughput.records as f64,
+                throughput.peak_rss_kib,
+            );
+            if tally.missing > 0 {
+                bail!(
+                    "{}: {} of {records} inputs missing",
+                    mode.label(),
+                    tally.missing
+                );
+            }
+            rows.push(Row {
+                size,
+                workers,
+                mode,
+                throughput,
+                tally,
+                latency: None,
+            });
+        }
+        // Latency at a fixed rate: half a maximum (see `latency_rate_from`).
+        for &mode in &plan.modes {
+            run_id += 1;
+            let Some(base) = rows.iter().find(|r| {
+                r.size == size && r.workers == workers && r.mode == mode.latency_rate_from()
+            }) else {
+                continue;
+            };
+            let rate = plan
+                .rate_override
+                .unwrap_or((base.throughput.records as f64 / base.throughput.seconds / 2.0) as u64);
+            let spec = Spec {
+                mode,
+                workers,
+                brokers: brokers.clone(),
+                input: format!("lat-in-{run_id}"),
+                output: format!("lat-out-{run_id}"),
+                dead_letter: format!("lat-dlq-{run_id}"),
+                group: format!("group-{run_id}"),
+                pipeline_toml: plan.pipeline_toml.clone(),
+                phase: Phase::Latency {
+                    rate: rate.max(1),
+                    seconds: plan.latency_seconds,
+                    size,
+                },
+            };
+            for t in [&spec.input, &spec.output, &spec.dead_letter] {
+                broker.create_topic(t, PARTITIONS)?;
+            }
+            let latency: Latency = child(&spec)?;
+            eprintln!(
+                "bench: {size} B, {workers} worker(s), {} at {rate} records/s: p50 {:.0} µs, p99 {:.0} µs ({} samples)",
+                mode.label(),
+                latency.p50_us,
+                latency.p99_us,
+                latency.samples
+            );
+            if let Some(row) = rows
+                .iter_mut()
+                .find(|r| r.size == size && r.workers == workers && r.mode == mode)
+            {
+                row.latency = Some(latency);
+            }
+        }
+    }
+    drop(broker);
+    std::fs::create_dir_all(&plan.out)?;
+    std::fs::write(
+        plan.out.join("results.json"),
+        serde_json::to_string_pretty(&rows)?,
+    )?;
+    Ok(rows)
+}
+
+fn input_topic(size: usize, trapping: bool) -> String {
+    if trapping {
+        format!("in-{size}-traps")
+    } else {
+        format!("in-{size}")
+    }
+}
+
+/// Runs `spec` in a child process (this binary, `scenario SPEC`) and
+/// parses the JSON line it prints.
+fn child<T: serde::de::DeserializeOwned>(spec: &Spec) -> anyhow::Result<T> {
+    let exe = std::env::current_exe()?;
+    let out = Command::new(exe)
+        .arg("scenario")
+        .arg(serde_json::to_string(spec)?)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running a scenario")?;
+    if !out.status.success() {
+        bail!("{} failed: {}", spec.mode.label(), out.status);
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("parsing the scenario's result {line:?}"))
+}
+
+/// Reads the run's output and dead-letter topics and finds every input key
+/// (`k{i}`) in one of them.
+fn tally(brokers: &str, spec: &Spec, inputs: u64) -> anyhow::Result<Tally> {
+    let traps = if spec.mode.traps() {
+        (0..inputs).filter(|&i| scenario::traps(i)).count()
+    } else {
+        0
+    };
+    let quiet = Duration::from_secs(2);
+    let timeout = Duration::from_secs(120);
+    let outputs = tools::read_topic(
+        brokers,
+        &spec.output,
+        inputs as usize - traps,
+        quiet,
+        timeout,
+    )?;
+    let dead = tools::read_topic(brokers, &spec.dead_letter, traps, quiet, timeout)?;
+    let mut seen = vec![0u32; inputs as usize];
+    for r in outputs.iter().chain(&dead) {
+        let i = r
+            .key
+            .as_deref()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .and_then(|k| k.strip_prefix('k'))
+            .and_then(|k| k.parse::<usize>().ok())
+            .filter(|&i| i < seen.len())
+            .with_context(|| {
+                format!(
+                    "an unexpected record in {} or its dead letters",
+                    spec.output
+                )
+            })?;
+        seen[i] += 1;
+    }
+    Ok(Tally {
+        inputs,
+        outputs: outputs.len() as u64,
+        dead_letters: dead.len() as u64,
+        missing: seen.iter().filter(|&&n| n == 0).count() as u64,
+        duplicates: seen.iter().map(|&n| u64::from(n.saturating_sub(1))).sum(),
+    })
+}
+
+/// Reads a previous run's results (to redraw the report).
+pub fn load(dir: &Path) -> anyhow::Result<Vec<Row>> {
+    let text = std::fs::read_to_string(dir.join("results.json"))?;
+    Ok(serde_json::from_str(&text)?)
+}

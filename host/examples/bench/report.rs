@@ -1,0 +1,230 @@
+//! The benchmark's report: a Markdown table (with each figure's ratio to
+//! the native loop), the targets met or missed, and PNG plots.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context as _;
+use plotters::coord::ranged1d::SegmentValue;
+use plotters::prelude::*;
+
+use crate::matrix::Row;
+use crate::scenario::Mode;
+
+fn rate(r: &Row) -> f64 {
+    r.throughput.records as f64 / r.throughput.seconds
+}
+
+fn cpu_us(r: &Row) -> f64 {
+    r.throughput.cpu_seconds * 1e6 / r.throughput.records as f64
+}
+
+fn find(rows: &[Row], size: usize, workers: usize, mode: Mode) -> Option<&Row> {
+    rows.iter()
+        .find(|r| r.size == size && r.workers == workers && r.mode == mode)
+}
+
+fn configs(rows: &[Row]) -> Vec<(usize, usize)> {
+    let mut c: Vec<(usize, usize)> = rows.iter().map(|r| (r.size, r.workers)).collect();
+    c.dedup();
+    c
+}
+
+fn config_label((size, workers): (usize, usize)) -> String {
+    let size = if size >= 1024 {
+        format!("{} KB", size / 1024)
+    } else {
+        format!("{size} B")
+    };
+    format!(
+        "{size}, {workers} worker{}",
+        if workers == 1 { "" } else { "s" }
+    )
+}
+
+/// The results table, in Markdown.
+pub fn table(rows: &[Row]) -> String {
+    let mut t = String::from(
+        "| records | workers | scenario | records/s | MB/s | × native | CPU µs/record | × native | peak RSS | fixed rate (records/s) | p50 | p99 | p99 added |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let base = find(rows, r.size, r.workers, r.mode.baseline());
+        let ratio =
+            |f: fn(&Row) -> f64| base.map_or(String::new(), |b| format!("{:.2}", f(r) / f(b)));
+        let (rate_at, p50, p99) = r.latency.as_ref().map_or_else(Default::default, |l| {
+            (
+                l.rate.to_string(),
+                format!("{:.2} ms", l.p50_us / 1000.0),
+                format!("{:.2} ms", l.p99_us / 1000.0),
+            )
+        });
+        // Added latency: against the native loop at the same rate.
+        let added = match (&r.latency, base.and_then(|b| b.latency.as_ref())) {
+            (Some(l), Some(b)) if l.rate == b.rate => {
+                format!("{:+.2} ms", (l.p99_us - b.p99_us) / 1000.0)
+            }
+            _ => "n/a".to_owned(),
+        };
+        let _ = writeln!(
+            t,
+            "| {} B | {} | {} | {:.0} | {:.1} | {} | {:.1} | {} | {} MiB | {rate_at} | {p50} | {p99} | {added} |",
+            r.size,
+            r.workers,
+            r.mode.label(),
+            rate(r),
+            rate(r) * r.size as f64 / 1e6,
+            ratio(rate),
+            cpu_us(r),
+            ratio(cpu_us),
+            r.throughput.peak_rss_kib / 1024,
+        );
+    }
+    t
+}
+
+/// The issue's targets, one line each: the figure and whether it is met.
+pub fn targets(rows: &[Row]) -> String {
+    let mut t = String::new();
+    for (size, workers) in configs(rows) {
+        let get = |m| find(rows, size, workers, m);
+        let label = config_label((size, workers));
+        if let (Some(n), Some(r), Some(f), Some(x)) = (
+            get(Mode::Native),
+            get(Mode::Reuse),
+            get(Mode::PerRecord),
+            get(Mode::Traps),
+        ) {
+            let mark = |ok: bool| if ok { "met" } else { "**missed**" };
+            let reuse = rate(r) / rate(n);
+            let fresh = rate(f) / rate(n);
+            let drop = 1.0 - rate(x) / rate(r);
+            let _ = writeln!(
+                t,
+                "- {label}: reuse {reuse:.2}× native (≥ 0.85: {}); fresh instance per record {fresh:.2}× (≥ 0.5: {}); 1% traps {:+.1}% throughput against reuse (at most 10% lower: {})",
+                mark(reuse >= 0.85),
+                mark(fresh >= 0.5),
+                -drop * 100.0,
+                mark(drop <= 0.10),
+            );
+            if let (Some(ln), Some(lr)) = (&n.latency, &r.latency) {
+                let added = (lr.p99_us - ln.p99_us) / 1000.0;
+                let _ = writeln!(
+                    t,
+                    "  - at {} records/s (half reuse mode's maximum): reuse adds {added:+.2} ms to the native loop's p99 (≤ 1 ms: {})",
+                    ln.rate,
+                    mark(added <= 1.0),
+                );
+            }
+        }
+    }
+    t
+}
+
+const COLORS: [RGBColor; 6] = [
+    RGBColor(90, 90, 90),
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(214, 39, 40),
+    RGBColor(150, 150, 150),
+    RGBColor(44, 160, 44),
+];
+
+/// Debian's DejaVu Sans (package `fonts-dejavu-core`, which `cargo xtask
+/// bench` installs), for the plots' text.
+const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+fn register_font() -> anyhow::Result<()> {
+    let bytes = std::fs::read(FONT)
+        .with_context(|| format!("reading {FONT} (Debian package fonts-dejavu-core)"))?;
+    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes.leak())
+        .map_err(|_| anyhow::anyhow!("{FONT} is not a usable font"))?;
+    Ok(())
+}
+
+/// Grouped bars: one group per (size, workers), one bar per mode.
+fn bars(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    rows: &[Row],
+    value: impl Fn(&Row) -> Option<f64>,
+) -> anyhow::Result<()> {
+    let groups = configs(rows);
+    let modes = Mode::ALL.len();
+    let slots = groups.len() * (modes + 1);
+    let top = rows.iter().filter_map(&value).fold(0.0f64, f64::max) * 1.15;
+    let root = BitMapBackend::new(path, (1200, 600)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 24))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .build_cartesian_2d((0..slots).into_segmented(), 0.0..top.max(1e-9))?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(slots)
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(slot) if slot % (modes + 1) == modes / 2 => groups
+                .get(slot / (modes + 1))
+                .map(|&g| config_label(g))
+                .unwrap_or_default(),
+            _ => String::new(),
+        })
+        .y_desc(y_label)
+        .label_style(("sans-serif", 15))
+        .draw()?;
+    for (m, mode) in Mode::ALL.into_iter().enumerate() {
+        let color = COLORS[m];
+        let bars: Vec<_> = groups
+            .iter()
+            .enumerate()
+            .filter_map(|(g, &(size, workers))| {
+                let v = find(rows, size, workers, mode).and_then(&value)?;
+                let slot = g * (modes + 1) + m;
+                Some(Rectangle::new(
+                    [
+                        (SegmentValue::Exact(slot), 0.0),
+                        (SegmentValue::Exact(slot + 1), v),
+                    ],
+                    color.filled(),
+                ))
+            })
+            .collect();
+        chart
+            .draw_series(bars)?
+            .label(mode.short())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Writes `throughput.png` and `latency.png` into `dir`.
+pub fn plots(rows: &[Row], dir: &Path) -> anyhow::Result<()> {
+    register_font()?;
+    bars(
+        &dir.join("bench-throughput.png"),
+        "Throughput (records/s, higher is better)",
+        "records/s",
+        rows,
+        |r| Some(rate(r)),
+    )?;
+    bars(
+        &dir.join("bench-latency.png"),
+        "p99 end-to-end latency at a fixed rate (ms, lower is better)",
+        "p99 latency (ms)",
+        rows,
+        |r| r.latency.as_ref().map(|l| l.p99_us / 1000.0),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,230 @@
+//! The runtime's own figures, without Kafka (`bench runtime`,
+//! `bench per-record`), and the pause of a hot swap (`bench swap`).
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use sandpiper::app::App;
+use sandpiper::config::Config;
+use sandpiper::kafka::embedded::EmbeddedCluster;
+use sandpiper::kafka::{Outgoing, tools};
+use sandpiper::record::Record;
+use sandpiper::runtime::{EngineSettings, Instance, Isolation, PluginSettings, Runtime};
+
+fn plugin(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"))
+}
+
+fn record(i: i64) -> Record {
+    Record {
+        topic: "bench".into(),
+        partition: 0,
+        offset: i,
+        timestamp: Some(1_700_000_000_000),
+        key: Some(format!("key-{i}").into_bytes()),
+        value: Some(vec![b'a'; 100]),
+        headers: Vec::new(),
+    }
+}
+
+fn per_record(n: u64, elapsed: Duration) -> String {
+    format!("{:.2} µs", elapsed.as_secs_f64() * 1e6 / n as f64)
+}
+
+pub fn runtime_bench() -> anyhow::Result<()> {
+    let runtime = Runtime::new(EngineSettings::default())?;
+    let reuse = runtime.load_file(&plugin("uppercase"), PluginSettings::default())?;
+    let fresh = runtime.load_file(
+        &plugin("uppercase"),
+        PluginSettings {
+            isolation: Isolation::PerRecord,
+            ..PluginSettings::default()
+        },
+    )?;
+    let chaos = runtime.load_file(&plugin("chaos"), PluginSettings::default())?;
+    let empty = runtime.load_file(&plugin("passthrough"), PluginSettings::default())?;
+    let records: Vec<Record> = (0..1000).map(record).collect();
+
+    for round in 1..=3 {
+        let mut i = Instance::new(reuse.clone());
+        i.warm().map_err(|f| anyhow::anyhow!("{f}"))?;
+        let n = 200_000u64;
+        let t = Instant::now();
+        for k in 0..n {
+            i.handle(&records[(k % 1000) as usize])
+                .map_err(|f| anyhow::anyhow!("{f}"))?;
+        }
+        let reuse_t = t.elapsed();
+
+        let mut i = Instance::new(fresh.clone());
+        let m = 20_000u64;
+        let t = Instant::now();
+        for k in 0..m {
+            i.handle(&records[(k % 1000) as usize])
+                .map_err(|f| anyhow::anyhow!("{f}"))?;
+        }
+        let fresh_t = t.elapsed();
+
+        // Alternate a trap and a normal record on a reused instance: each
+        // pair costs one trap, one re-instantiation and one normal call.
+        let mut i = Instance::new(chaos.clone());
+        i.warm().map_err(|f| anyhow::anyhow!("{f}"))?;
+        let poison = Record {
+            value: Some(b"unwrap-none".to_vec()),
+            ..record(0)
+        };
+        let pairs = 2_000u64;
+        let t = Instant::now();
+        for k in 0..pairs {
+            let _ = i.handle(&poison);
+            i.handle(&records[(k % 1000) as usize])
+                .map_err(|f| anyhow::anyhow!("{f}"))?;
+        }
+        let trap_t = t.elapsed();
+        // The fixed cost: an empty record through `passthrough`.
+        let mut i = Instance::new(empty.clone());
+        i.warm().map_err(|f| anyhow::anyhow!("{f}"))?;
+        let blank = Record {
+            topic: String::new(),
+            key: None,
+            value: None,
+            ..record(0)
+        };
+        let t = Instant::now();
+        for _ in 0..n {
+            i.handle(&blank).map_err(|f| anyhow::anyhow!("{f}"))?;
+        }
+        let empty_t = t.elapsed();
+        let normal = reuse_t.as_secs_f64() / n as f64;
+        let trap_cost = trap_t.as_secs_f64() / pairs as f64 - normal;
+        println!(
+            "round {round}: empty record (fixed cost) {} | uppercase 100 B: reuse {} per record | per-record isolation {} per record | trap + re-instantiation {:.2} µs",
+            per_record(n, empty_t),
+            per_record(n, reuse_t),
+            per_record(m, fresh_t),
+            trap_cost * 1e6
+        );
+    }
+    Ok(())
+}
+
+/// The pause a swap causes: the longest gap between two consecutive
+/// outputs (producer timestamps, ms) within 1 s of the swap, against the
+/// longest gap in the rest of the run, on a backlog of records (one
+/// partition: the embedded cluster keeps about 5 MiB per partition).
+async fn swap_bench(total: u64) -> anyhow::Result<()> {
+    let cluster = EmbeddedCluster::start(1)?;
+    let brokers = cluster.bootstrap_servers().to_owned();
+    for t in ["swap-in", "swap-out", "swap-dlq"] {
+        cluster.create_topic(t, 1, 1)?;
+    }
+    let inputs: Vec<Outgoing> = (0..total)
+        .map(|i| Outgoing {
+            topic: "swap-in".into(),
+            key: Some(format!("key-{i}").into_bytes()),
+            value: Some(vec![b'a'; 100]),
+            headers: Vec::new(),
+            timestamp: None,
+        })
+        .collect();
+    tools::produce_all(&brokers, &inputs).await?;
+    let text = format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+group = "swap-bench"
+[[pipeline]]
+name = "swap"
+inputs = ["swap-in"]
+output = "swap-out"
+dead_letter = "swap-dlq"
+plugin = "{plugin}"
+"#,
+        plugin = plugin("passthrough").display()
+    );
+    let app = App::start(Config::parse("swap bench", &text)?).await?;
+    let health = app.health.pipelines()[0].clone();
+    let done = || -> i64 {
+        health
+            .assigned()
+            .iter()
+            .map(|p| p.completed.load(Ordering::Relaxed) + 1)
+            .sum()
+    };
+    while (done() as u64) < total / 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let v2 = std::fs::read(plugin("uppercase"))?;
+    let swap_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let t = Instant::now();
+    let deployed = app.deployers["swap"]
+        .deploy("uppercase", v2.into(), sandpiper::deploy::Source::Api)
+        .await?;
+    let deploy_time = t.elapsed();
+    while (done() as u64) < total {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    app.stop().await;
+    let b = brokers.clone();
+    let outputs = tokio::task::spawn_blocking(move || {
+        tools::read_topic(
+            &b,
+            "swap-out",
+            total as usize,
+            Duration::from_secs(3),
+            Duration::from_secs(60),
+        )
+    })
+    .await??;
+    let mut stamps: Vec<i64> = outputs.iter().filter_map(|r| r.timestamp).collect();
+    stamps.sort_unstable();
+    let (mut near, mut far) = (0i64, 0i64);
+    for w in stamps.windows(2) {
+        let gap = w[1] - w[0];
+        if (w[0] - swap_at).abs() <= 1000 {
+            near = near.max(gap);
+        } else {
+            far = far.max(gap);
+        }
+    }
+    println!(
+        "swap {} -> {}: deploy call (compile + check + swap) {deploy_time:.2?}; longest gap between outputs within 1 s of the swap {near} ms, elsewhere {far} ms ({} outputs)",
+        deployed.previous,
+        deployed.plugin,
+        stamps.len()
+    );
+    Ok(())
+}
+
+/// For profilers: only the per-record isolation loop.
+pub fn per_record_bench() -> anyhow::Result<()> {
+    let runtime = Runtime::new(EngineSettings::default())?;
+    let fresh = runtime.load_file(
+        &plugin("uppercase"),
+        PluginSettings {
+            isolation: Isolation::PerRecord,
+            ..PluginSettings::default()
+        },
+    )?;
+    let mut i = Instance::new(fresh);
+    let r = record(0);
+    let t = Instant::now();
+    for _ in 0..20_000 {
+        i.handle(&r).map_err(|f| anyhow::anyhow!("{f}"))?;
+    }
+    println!("per-record isolation {}", per_record(20_000, t.elapsed()));
+    Ok(())
+}
+
+pub fn swap() -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()?
+        .block_on(swap_bench(20_000))
+}
