@@ -33,7 +33,7 @@ fn main() -> anyhow::Result<()> {
             let spec = args.get(1).context("scenario SPEC")?;
             scenario::run(&serde_json::from_str(spec)?)
         }
-        Some("pipeline") | None => pipeline(&args.get(1..).unwrap_or_default()),
+        Some("pipeline") | None => pipeline(args.get(1..).unwrap_or_default()),
         Some("report") => {
             let dir = PathBuf::from(args.get(1).context("report DIR")?);
             let rows = matrix::load(&dir)?;

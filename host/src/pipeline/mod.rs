@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::mpsc::error::{SendTimeoutError, TrySendError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -216,39 +216,54 @@ impl Shared {
         }
     }
 
-    /// Hands a consumed record to its partition's buffer, or parks it and
-    /// pauses the partition when the buffer is full.
-    fn route(&self, record: Record) {
+    /// Hands a consumed record to its partition's buffer. When the buffer
+    /// is full, gives the record back with the buffer's sender: the router
+    /// waits a moment for room ([`FULL_WAIT`]) before [`Shared::park`].
+    fn route(&self, record: Record) -> Option<(mpsc::Sender<Record>, Record)> {
         let mut routes = self.routes();
         let Some(route) = routes
             .get_mut(record.topic.as_str())
             .and_then(|r| r.get_mut(&record.partition))
         else {
             // Not (or no longer) ours: the owner fetches it from the last commit.
-            return;
+            return None;
         };
         self.counters.consumed.fetch_add(1, Ordering::Relaxed);
         route.part.metrics.consumed.inc();
         route.part.progress.received(record.offset);
         if route.paused {
             route.overflow.push_back(record);
-            return;
+            return None;
         }
         match route.tx.try_send(record) {
-            Ok(()) => {}
-            Err(TrySendError::Full(record)) => {
-                route.overflow.push_back(record);
-                if let Err(error) = self
-                    .consumer()
-                    .pause(&route.part.topic, route.part.partition)
-                {
-                    tracing::warn!(pipeline = %self.name, %error, "Pausing a partition failed; parking its records.");
-                }
-                route.paused = true;
-            }
+            Ok(()) => None,
+            Err(TrySendError::Full(record)) => Some((route.tx.clone(), record)),
             // The worker has stopped (revoked or shutting down).
-            Err(TrySendError::Closed(_)) => {}
+            Err(TrySendError::Closed(_)) => None,
         }
+    }
+
+    /// Parks a record whose buffer stayed full and pauses its partition in
+    /// the consumer until the parked records are handed over.
+    fn park(&self, record: Record) {
+        let mut routes = self.routes();
+        let Some(route) = routes
+            .get_mut(record.topic.as_str())
+            .and_then(|r| r.get_mut(&record.partition))
+        else {
+            return;
+        };
+        route.overflow.push_back(record);
+        if route.paused {
+            return;
+        }
+        if let Err(error) = self
+            .consumer()
+            .pause(&route.part.topic, route.part.partition)
+        {
+            tracing::warn!(pipeline = %self.name, %error, "Pausing a partition failed; parking its records.");
+        }
+        route.paused = true;
     }
 
     /// Moves parked records into buffers that have room; resumes partitions
@@ -465,6 +480,12 @@ impl Pipeline {
     }
 }
 
+/// How long the router waits for room in a full partition buffer before it
+/// pauses the partition: long enough for a busy worker to take its next
+/// batch, short enough that a stuck partition holds the others back only
+/// once (while paused, its records are parked without waiting).
+const FULL_WAIT: Duration = Duration::from_millis(5);
+
 /// The router: one task per pipeline that polls the consumer (which also
 /// serves rebalance callbacks) and feeds partition buffers.
 async fn route_loop(shared: Arc<Shared>, stop: CancellationToken) {
@@ -477,7 +498,19 @@ async fn route_loop(shared: Arc<Shared>, stop: CancellationToken) {
             () = stop.cancelled() => break,
             _ = tick.tick() => shared.drain_overflow(),
             received = consumer.recv() => match received {
-                Ok(record) => shared.route(record),
+                Ok(record) => {
+                    if let Some((tx, record)) = shared.route(record) {
+                        // A full buffer usually has room again within
+                        // microseconds (its worker takes a batch); pausing
+                        // at once would make librdkafka drop and re-fetch
+                        // the partition's prefetched records every time.
+                        match tx.send_timeout(record, FULL_WAIT).await {
+                            Ok(()) => {}
+                            Err(SendTimeoutError::Timeout(record)) => shared.park(record),
+                            Err(SendTimeoutError::Closed(_)) => {}
+                        }
+                    }
+                }
                 Err(error) => {
                     if let Some(suppressed) = shared.logs.check("consume") {
                         tracing::warn!(pipeline = %shared.name, %error, suppressed, "Consumer error; librdkafka retries by itself.");
