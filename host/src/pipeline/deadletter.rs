@@ -76,7 +76,7 @@ impl Labels {
                 let mut headers = o.headers;
                 if self.plugin_header {
                     headers.retain(|(k, _)| k != H_PLUGIN);
-                    headers.push((H_PLUGIN.into(), plugin.to_string().into_bytes()));
+                    headers.push((H_PLUGIN.into(), plugin.label().as_bytes().to_vec()));
                 }
                 Outgoing {
                     topic: o.topic.unwrap_or_else(|| self.output.clone()),
