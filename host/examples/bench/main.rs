@@ -57,30 +57,26 @@ fn repo() -> PathBuf {
 fn pipeline(args: &[String]) -> anyhow::Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let docs = args.iter().any(|a| a == "--docs");
-    let out = args
-        .iter()
-        .position(|a| a == "--out")
-        .and_then(|i| args.get(i + 1))
-        .map_or_else(
-            || {
-                repo()
-                    .join("target")
-                    .join(if quick { "bench-quick" } else { "bench" })
-            },
-            PathBuf::from,
-        );
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+    };
+    let out = value("--out").map_or_else(
+        || {
+            repo()
+                .join("target")
+                .join(if quick { "bench-quick" } else { "bench" })
+        },
+        PathBuf::from,
+    );
     let mut plan = if quick {
         matrix::Plan::quick(out.clone())
     } else {
         matrix::Plan::full(out.clone())
     };
     // For profiling one corner: `--config 1024x2`, `--modes native,reuse`,
-    // `--records N`, `--pipeline-toml 'partition_buffer = 1024'`.
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-    };
+    // `--records N`, `--rate R`, `--pipeline-toml 'partition_buffer = 1024'`.
     if let Some(c) = value("--config") {
         let (size, workers) = c.split_once('x').context("--config SIZExWORKERS")?;
         plan.configs = vec![(size.parse()?, workers.parse()?)];

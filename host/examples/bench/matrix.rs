@@ -15,6 +15,7 @@ use sandpiper::kafka::{Outgoing, tools};
 use serde::{Deserialize, Serialize};
 
 use crate::broker::Broker;
+use crate::report;
 use crate::scenario::{self, Latency, Mode, PARTITIONS, Phase, Spec, Throughput};
 
 #[derive(Debug, Clone)]
@@ -173,9 +174,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
         // Latency at a fixed rate: half a maximum (see `latency_rate_from`).
         for &mode in &plan.modes {
             run_id += 1;
-            let Some(base) = rows.iter().find(|r| {
-                r.size == size && r.workers == workers && r.mode == mode.latency_rate_from()
-            }) else {
+            let Some(base) = report::find(&rows, size, workers, mode.latency_rate_from()) else {
                 continue;
             };
             let rate = plan
@@ -209,7 +208,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
             );
             if let Some(row) = rows
                 .iter_mut()
-                .find(|r| r.size == size && r.workers == workers && r.mode == mode)
+                .find(|r| (r.size, r.workers, r.mode) == (size, workers, mode))
             {
                 row.latency = Some(latency);
             }

@@ -19,7 +19,8 @@ fn cpu_us(r: &Row) -> f64 {
     r.throughput.cpu_seconds * 1e6 / r.throughput.records as f64
 }
 
-fn find(rows: &[Row], size: usize, workers: usize, mode: Mode) -> Option<&Row> {
+/// The row of `mode` at (`size`, `workers`).
+pub fn find(rows: &[Row], size: usize, workers: usize, mode: Mode) -> Option<&Row> {
     rows.iter()
         .find(|r| r.size == size && r.workers == workers && r.mode == mode)
 }

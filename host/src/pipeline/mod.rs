@@ -221,10 +221,7 @@ impl Shared {
     /// waits a moment for room ([`FULL_WAIT`]) before [`Shared::park`].
     fn route(&self, record: Record) -> Option<(mpsc::Sender<Record>, Record)> {
         let mut routes = self.routes();
-        let Some(route) = routes
-            .get_mut(record.topic.as_str())
-            .and_then(|r| r.get_mut(&record.partition))
-        else {
+        let Some(route) = route_of(&mut routes, &record) else {
             // Not (or no longer) ours: the owner fetches it from the last commit.
             return None;
         };
@@ -247,10 +244,7 @@ impl Shared {
     /// the consumer until the parked records are handed over.
     fn park(&self, record: Record) {
         let mut routes = self.routes();
-        let Some(route) = routes
-            .get_mut(record.topic.as_str())
-            .and_then(|r| r.get_mut(&record.partition))
-        else {
+        let Some(route) = route_of(&mut routes, &record) else {
             return;
         };
         route.overflow.push_back(record);
@@ -297,6 +291,16 @@ impl Shared {
             }
         }
     }
+}
+
+/// The route of `record`'s partition, if the partition is ours.
+fn route_of<'a>(
+    routes: &'a mut HashMap<String, HashMap<i32, Route>>,
+    record: &Record,
+) -> Option<&'a mut Route> {
+    routes
+        .get_mut(record.topic.as_str())
+        .and_then(|r| r.get_mut(&record.partition))
 }
 
 /// Bridges consumer rebalance callbacks to the pipeline without a cycle.

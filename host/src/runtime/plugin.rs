@@ -19,7 +19,7 @@ use super::limits::PluginSettings;
 pub const MAX_PLUGIN_BYTES: usize = 64 << 20;
 
 /// A plugin build: its name plus the sha256 of its bytes.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 pub struct PluginId {
     name: Arc<str>,
     digest: [u8; 32],
@@ -56,6 +56,23 @@ impl PluginId {
     /// `sha256:` and the first 12 hex digits: enough to tell builds apart.
     pub fn short_digest(&self) -> String {
         format!("sha256:{}", &hex::encode(&self.digest[..6]))
+    }
+}
+
+// Identity is the name and the digest; the label is derived from them, so
+// comparing or hashing it (per record, in the version statistics) is waste.
+impl PartialEq for PluginId {
+    fn eq(&self, other: &Self) -> bool {
+        self.digest == other.digest && self.name == other.name
+    }
+}
+
+impl Eq for PluginId {}
+
+impl std::hash::Hash for PluginId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+        self.digest.hash(state);
     }
 }
 
