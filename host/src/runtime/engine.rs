@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::Deserialize;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
+};
 
 /// The `[runtime]` section: process-wide Wasm engine settings.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -47,6 +49,11 @@ impl Default for EngineSettings {
 /// Freed instance slots whose memory is returned to the OS together.
 const DECOMMIT_BATCH: usize = 32;
 
+/// With PAGEMAP_SCAN: bytes of a freed slot's linear memory and tables
+/// reset in place rather than returned to the OS.
+const KEEP_RESIDENT_MEMORY: usize = 1 << 20;
+const KEEP_RESIDENT_TABLE: usize = 64 << 10;
+
 const fn default_max_stack_kb() -> u32 {
     512
 }
@@ -75,14 +82,27 @@ pub(crate) fn build(settings: &EngineSettings) -> anyhow::Result<Engine> {
         .total_tables(instances.saturating_mul(4))
         // No pool-level cap: each Store enforces its pipeline's memory_mb.
         .max_memory_size(4 << 30)
-        // Freed slots return their memory to the OS: flat RSS. (Keeping the
-        // first MiB resident was measured slower per fresh instance: zeroing
-        // it costs more than the page faults it saves; see BENCHMARKS.md.)
-        .linear_memory_keep_resident(0)
-        .table_keep_resident(0)
         // Return freed slots' memory in batches: each `madvise` costs a TLB
         // shootdown across cores, the dominant cost of a fresh instance.
         .decommit_batch_size(DECOMMIT_BATCH);
+    let pagemap_scan = PoolingAllocationConfig::is_pagemap_scan_available();
+    tracing::debug!(pagemap_scan, "Configuring the Wasm instance pool.");
+    if pagemap_scan {
+        // Linux 6.7+: a freed slot's dirty pages are found with the
+        // PAGEMAP_SCAN ioctl and reset in place (up to the sizes below),
+        // with no `madvise` and no page faults on the next instance: a
+        // fresh instance costs about half as much (BENCHMARKS.md). RSS stays
+        // bounded: at most this much per slot ever used, the rest of a
+        // slot (a guest that grew further) is still returned to the OS.
+        pool.pagemap_scan(Enabled::Yes)
+            .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
+            .table_keep_resident(KEEP_RESIDENT_TABLE);
+    } else {
+        // Without it, resetting resident memory means zeroing all of it,
+        // which was measured slower than the page faults it saves: freed
+        // slots return all their memory to the OS.
+        pool.linear_memory_keep_resident(0).table_keep_resident(0);
+    }
 
     let mut config = Config::new();
     config
