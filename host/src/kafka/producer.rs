@@ -1,13 +1,15 @@
 //! The pipeline's one producer: idempotent, `acks=all`, never recreated.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 
 use super::ClientSettings;
 use super::context::{ClientEvents, Context};
@@ -48,7 +50,26 @@ impl From<KafkaError> for SendError {
 }
 
 /// Resolves when the broker acknowledges (or finally refuses) one record.
-pub type Delivery = std::pin::Pin<Box<dyn Future<Output = Result<(), SendError>> + Send>>;
+pub struct Delivery(DeliveryFuture);
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery").finish_non_exhaustive()
+    }
+}
+
+impl Future for Delivery {
+    type Output = Result<(), SendError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(|result| match result {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((error, _))) => Err(error.into()),
+            // The producer was dropped before reporting.
+            Err(_) => Err(KafkaError::Canceled.into()),
+        })
+    }
+}
 
 /// One producer for the life of a pipeline.
 #[derive(Clone)]
@@ -100,16 +121,7 @@ impl Producer {
         }
         loop {
             match self.inner.send_result(future) {
-                Ok(delivery) => {
-                    return Ok(Box::pin(async move {
-                        match delivery.await {
-                            Ok(Ok(_)) => Ok(()),
-                            Ok(Err((error, _))) => Err(error.into()),
-                            // The producer was dropped before reporting.
-                            Err(_) => Err(KafkaError::Canceled.into()),
-                        }
-                    }));
-                }
+                Ok(delivery) => return Ok(Delivery(delivery)),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     future = back;
                     tokio::time::sleep(Duration::from_millis(5)).await;

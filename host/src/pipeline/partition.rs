@@ -197,72 +197,129 @@ async fn sleep_or_cancel(cancel: &CancellationToken, delay: Duration) -> bool {
     }
 }
 
+/// Pending records the acker takes at once; their offsets are stored once,
+/// after the last (librdkafka's offset store costs a topic lookup and a
+/// lock per call).
+const ACK_BATCH: usize = 64;
+
 /// Waits for every delivery in order, re-sending failures with backoff, and
-/// stores each record's offset once all its sends are acknowledged.
+/// stores the offset of the last record of each run of acknowledged ones.
 pub(super) async fn acker(part: Arc<Partition>, mut rx: mpsc::Receiver<Pending>, done: Arc<Done>) {
-    let shared = &part.shared;
-    'records: while let Some(pending) = rx.recv().await {
-        for (record, delivery) in pending.sends {
-            let mut delivery = delivery;
-            let mut failures: u32 = 0;
-            loop {
-                let result = match delivery {
-                    Ok(delivery) => delivery.await,
-                    Err(error) => Err(error),
+    let mut batch = Vec::with_capacity(ACK_BATCH);
+    'batches: while rx.recv_many(&mut batch, ACK_BATCH).await > 0 {
+        // The last record of this batch whose sends are all acknowledged.
+        let mut finished = None;
+        for pending in batch.drain(..) {
+            let Pending {
+                offset,
+                sends,
+                dead_letter,
+            } = pending;
+            for (record, delivery) in sends {
+                let sent = Sent {
+                    offset,
+                    dead_letter,
+                    record: &record,
                 };
-                let error = match result {
-                    Ok(()) => break,
-                    Err(error) => error,
-                };
-                failures += 1;
-                let what = if pending.dead_letter {
-                    "dead letter"
-                } else {
-                    "output"
-                };
-                let reason = format!(
-                    "producing the {what} of offset {} to {} failed: {error}",
-                    pending.offset, record.topic
-                );
-                part.progress.set_blocked(Some(reason.clone()));
-                if let Some(suppressed) = shared
-                    .logs
-                    .check(&format!("produce:{}:{}", part.topic, part.partition))
-                {
-                    // Nothing is lost (the record is retried and its offset
-                    // not stored), but an operator must look.
-                    tracing::error!(pipeline = %shared.name, topic = %part.topic, partition = part.partition,
-                        offset = pending.offset, failures, suppressed, "{reason}; the partition waits and retries.");
+                if !acknowledged(&part, sent, delivery, &mut finished).await {
+                    store(&part, finished);
+                    break 'batches;
                 }
-                let delay = backoff::delay(
-                    failures,
-                    PRODUCE_BACKOFF,
-                    Duration::from_millis(shared.retry.max_backoff_ms),
-                );
-                if !sleep_or_cancel(&part.cancel, delay).await {
-                    break 'records;
-                }
-                delivery = shared.producer.send(&record).await;
             }
-            if failures > 0 {
-                part.progress.set_blocked(None);
-                tracing::info!(pipeline = %shared.name, topic = %part.topic, partition = part.partition,
-                    offset = pending.offset, failures, "Produce recovered.");
-            }
+            finished = Some(offset);
         }
-        if part.progress.lost.load(Ordering::Relaxed) {
-            continue;
-        }
-        if let Err(error) =
-            shared
-                .consumer()
-                .store_offset(&part.topic, part.partition, pending.offset)
-        {
-            // Only when the partition was revoked meanwhile: its next owner
-            // starts from the last commit and may repeat a few records.
-            tracing::debug!(pipeline = %shared.name, topic = %part.topic, partition = part.partition, %error, "Offset not stored.");
-        }
-        part.progress.completed(pending.offset);
+        store(&part, finished);
     }
     done.set();
+}
+
+/// Waits for one send's acknowledgement, re-sending it with backoff until
+/// the broker takes it. Before the first wait after a failure, stores
+/// `finished` (so a stuck partition keeps what it finished). False when
+/// cancelled first.
+async fn acknowledged(
+    part: &Partition,
+    sent: Sent<'_>,
+    delivery: Result<Delivery, SendError>,
+    finished: &mut Option<i64>,
+) -> bool {
+    let Sent {
+        offset,
+        dead_letter,
+        record,
+    } = sent;
+    let shared = &part.shared;
+    let mut delivery = delivery;
+    let mut failures: u32 = 0;
+    loop {
+        let result = match delivery {
+            Ok(delivery) => delivery.await,
+            Err(error) => Err(error),
+        };
+        let error = match result {
+            Ok(()) => break,
+            Err(error) => error,
+        };
+        if failures == 0 {
+            store(part, finished.take());
+        }
+        failures += 1;
+        let what = if dead_letter { "dead letter" } else { "output" };
+        let reason = format!(
+            "producing the {what} of offset {} to {} failed: {error}",
+            offset, record.topic
+        );
+        part.progress.set_blocked(Some(reason.clone()));
+        if let Some(suppressed) = shared
+            .logs
+            .check(&format!("produce:{}:{}", part.topic, part.partition))
+        {
+            // Nothing is lost (the record is retried and its offset not
+            // stored), but an operator must look.
+            tracing::error!(pipeline = %shared.name, topic = %part.topic, partition = part.partition,
+                offset, failures, suppressed, "{reason}; the partition waits and retries.");
+        }
+        let delay = backoff::delay(
+            failures,
+            PRODUCE_BACKOFF,
+            Duration::from_millis(shared.retry.max_backoff_ms),
+        );
+        if !sleep_or_cancel(&part.cancel, delay).await {
+            return false;
+        }
+        delivery = shared.producer.send(record).await;
+    }
+    if failures > 0 {
+        part.progress.set_blocked(None);
+        tracing::info!(pipeline = %shared.name, topic = %part.topic, partition = part.partition,
+            offset, failures, "Produce recovered.");
+    }
+    true
+}
+
+/// One send of a record, as the acker sees it.
+#[derive(Clone, Copy)]
+struct Sent<'a> {
+    offset: i64,
+    dead_letter: bool,
+    record: &'a Outgoing,
+}
+
+/// Stores `offset` (a record whose results are all acknowledged, and with
+/// it every earlier one) for the next commit.
+fn store(part: &Partition, offset: Option<i64>) {
+    let Some(offset) = offset else { return };
+    let shared = &part.shared;
+    if part.progress.lost.load(Ordering::Relaxed) {
+        return;
+    }
+    if let Err(error) = shared
+        .consumer()
+        .store_offset(&part.topic, part.partition, offset)
+    {
+        // Only when the partition was revoked meanwhile: its next owner
+        // starts from the last commit and may repeat a few records.
+        tracing::debug!(pipeline = %shared.name, topic = %part.topic, partition = part.partition, %error, "Offset not stored.");
+    }
+    part.progress.completed(offset);
 }

@@ -68,6 +68,13 @@ impl Instance {
 
     /// Runs one record through the plugin. Never panics on guest behaviour.
     pub fn handle(&mut self, record: &Record) -> Outcome {
+        self.handle_in_place(&mut record.clone())
+    }
+
+    /// [`Instance::handle`] without copying the record: its buffers are
+    /// moved into the call's arguments and back, so `record` is unchanged
+    /// afterwards (the pipeline's hot path).
+    pub fn handle_in_place(&mut self, record: &mut Record) -> Outcome {
         let mut live = match self.live.take() {
             Some(live) => live,
             None => self.instantiate()?,
@@ -81,15 +88,19 @@ impl Instance {
         live.records += 1;
 
         let message = Message {
-            topic: record.topic.clone(),
+            topic: std::mem::take(&mut record.topic),
             partition: record.partition,
             offset: record.offset,
             timestamp: record.timestamp,
-            key: record.key.clone(),
-            value: record.value.clone(),
-            headers: record.headers.clone(),
+            key: record.key.take(),
+            value: record.value.take(),
+            headers: std::mem::take(&mut record.headers),
         };
         let result = live.bindings.call_handle(&mut live.store, &message);
+        record.topic = message.topic;
+        record.key = message.key;
+        record.value = message.value;
+        record.headers = message.headers;
         let state = live.store.data_mut();
         if state.log_suppressed > 0 {
             tracing::warn!(
