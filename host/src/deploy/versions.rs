@@ -23,22 +23,28 @@ pub struct VersionStats {
 }
 
 impl VersionStats {
-    /// Counts one outcome of `plugin` (`failed`: the failure kind, if any).
-    pub fn record(&self, plugin: &PluginId, failed: Option<FailureKind>) {
-        let fault = matches!(
-            failed,
-            Some(
-                FailureKind::Trap
-                    | FailureKind::Timeout
-                    | FailureKind::OutOfFuel
-                    | FailureKind::OutOfMemory
-                    | FailureKind::OutputLimit
-            )
-        );
+    /// Whether a failure of this kind is the plugin's fault (what rollback
+    /// counts): traps, timeouts and broken limits, not rejects or retries.
+    pub fn is_fault(kind: FailureKind) -> bool {
+        matches!(
+            kind,
+            FailureKind::Trap
+                | FailureKind::Timeout
+                | FailureKind::OutOfFuel
+                | FailureKind::OutOfMemory
+                | FailureKind::OutputLimit
+        )
+    }
+
+    /// Adds the outcomes of one batch that `plugin` handled.
+    pub fn add(&self, plugin: &PluginId, batch: Counts) {
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        let c = counts.entry(plugin.clone()).or_default();
-        c.records += 1;
-        c.failures += u64::from(fault);
+        if let Some(c) = counts.get_mut(plugin) {
+            c.records += batch.records;
+            c.failures += batch.failures;
+        } else {
+            counts.insert(plugin.clone(), batch);
+        }
     }
 
     pub fn get(&self, plugin: &PluginId) -> Counts {

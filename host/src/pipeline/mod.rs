@@ -105,6 +105,8 @@ pub(crate) struct Shared {
     logs: LogLimiter,
     partition_buffer: usize,
     max_unacked: usize,
+    /// Bytes of outputs per partition that may await acknowledgement.
+    max_unacked_bytes: usize,
     /// How long a revoke waits for in-flight records.
     revoke_timeout: Duration,
     tasks: TaskTracker,
@@ -165,6 +167,7 @@ impl Shared {
                 progress,
                 cancel: CancellationToken::new(),
                 metrics: self.metrics.partition(topic, *partition),
+                unacked_bytes: Arc::new(tokio::sync::Semaphore::new(self.max_unacked_bytes)),
             });
             let (tx, rx) = mpsc::channel(self.partition_buffer);
             let (ack_tx, ack_rx) = mpsc::channel(self.max_unacked);
@@ -381,6 +384,9 @@ impl Pipeline {
             logs: LogLimiter::new(Duration::from_secs(10)),
             partition_buffer: config.partition_buffer,
             max_unacked: config.max_unacked,
+            max_unacked_bytes: usize::try_from(config.max_unacked_mb.saturating_mul(1 << 20))
+                .unwrap_or(usize::MAX)
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
             revoke_timeout: Duration::from_secs(10),
             tasks: TaskTracker::new(),
             runtime: tokio::runtime::Handle::current(),

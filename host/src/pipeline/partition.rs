@@ -9,15 +9,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::backoff;
+use crate::deploy::{Counts, VersionStats};
 use crate::health::{Done, PartitionProgress};
 use crate::kafka::{Delivery, Outgoing, SendError};
 use crate::metrics::PartitionMetrics;
-use crate::record::{FailureKind, Record};
+use crate::record::{FailureKind, Outcome, Record};
 
 /// Records taken from the partition's buffer per plugin run.
 const BATCH: usize = 64;
@@ -33,6 +34,9 @@ pub(super) struct Pending {
     sends: Vec<(Outgoing, Result<Delivery, SendError>)>,
     /// For log lines: is this a dead letter?
     dead_letter: bool,
+    /// The record's share of the partition's unacknowledged bytes, given
+    /// back when the acker is done with it.
+    _bytes: OwnedSemaphorePermit,
 }
 
 /// Everything a partition's two tasks share.
@@ -44,6 +48,8 @@ pub(super) struct Partition {
     /// Cancelled on revoke or shutdown: stop taking new records.
     pub cancel: CancellationToken,
     pub metrics: PartitionMetrics,
+    /// Bytes of outputs that may still await acknowledgement (`max_unacked_mb`).
+    pub unacked_bytes: Arc<Semaphore>,
 }
 
 /// Runs records from `rx` through the plugin; sends what to produce to the acker.
@@ -91,10 +97,8 @@ async fn run_batch(
         let result = shared.workers.run(queue, &part.cancel).await;
         queue = result.rest;
         let plugin = result.plugin;
+        shared.versions.add(plugin.id(), tally(&result.done));
         for (record, outcome) in result.done {
-            shared
-                .versions
-                .record(plugin.id(), outcome.as_ref().err().map(|f| f.kind));
             let failure = match outcome {
                 Ok(outputs) => {
                     part.metrics.succeeded.inc();
@@ -167,6 +171,17 @@ async fn run_batch(
     true
 }
 
+/// The outcome counts of a batch, for the version's statistics.
+fn tally(done: &[(Record, Outcome)]) -> Counts {
+    Counts {
+        records: done.len() as u64,
+        failures: done
+            .iter()
+            .filter(|(_, o)| o.as_ref().is_err_and(|f| VersionStats::is_fault(f.kind)))
+            .count() as u64,
+    }
+}
+
 /// Sends a record's outputs (or dead letter) and queues them for the acker.
 async fn hand_over(
     part: &Partition,
@@ -175,6 +190,13 @@ async fn hand_over(
     dead_letter: bool,
     acks: &mpsc::Sender<Pending>,
 ) -> bool {
+    // A record larger than the whole budget still goes, alone.
+    let bytes: usize = records.iter().map(Outgoing::size).sum();
+    let budget = u32::try_from(bytes.min(part.shared.max_unacked_bytes)).unwrap_or(u32::MAX);
+    // The semaphore is never closed.
+    let Ok(permit) = part.unacked_bytes.clone().acquire_many_owned(budget).await else {
+        return false;
+    };
     let mut sends = Vec::with_capacity(records.len());
     for record in records {
         let delivery = part.shared.producer.send(&record).await;
@@ -184,6 +206,7 @@ async fn hand_over(
         offset,
         sends,
         dead_letter,
+        _bytes: permit,
     })
     .await
     .is_ok()
@@ -210,10 +233,13 @@ pub(super) async fn acker(part: Arc<Partition>, mut rx: mpsc::Receiver<Pending>,
         // The last record of this batch whose sends are all acknowledged.
         let mut finished = None;
         for pending in batch.drain(..) {
+            // `_bytes` holds the record's share of the budget until its
+            // sends are acknowledged.
             let Pending {
                 offset,
                 sends,
                 dead_letter,
+                _bytes,
             } = pending;
             for (record, delivery) in sends {
                 let sent = Sent {
