@@ -623,6 +623,15 @@ listen = "127.0.0.1:9464"
     }
 
     #[test]
+    fn in_flight_budgets_default_and_refuse_zero() {
+        let c = Config::parse("test.toml", GOOD).expect("valid");
+        assert_eq!(c.pipelines[0].max_unacked, 4096);
+        assert_eq!(c.pipelines[0].max_unacked_mb, 64);
+        let e = err(&GOOD.replace("plugin = ", "max_unacked_mb = 0\nplugin = "));
+        assert!(e.contains("max_unacked_mb") && e.contains("line 13"), "{e}");
+    }
+
+    #[test]
     fn missing_pipeline_is_refused() {
         let text = "pipeline = []\n[kafka]\nbrokers = \"x:1\"\ngroup = \"g\"\n";
         assert!(err(text).contains("at least one"));
