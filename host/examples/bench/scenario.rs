@@ -333,8 +333,9 @@ isolation = "{isolation}"
 
 /// Runs `spec` and prints its result as one JSON line.
 pub fn run(spec: &Spec) -> anyhow::Result<()> {
-    // Both contenders get the runtime the `sandpiper` binary uses: one
-    // worker thread per core.
+    // Both contenders get the same runtime: tokio's default, one worker
+    // thread per core (the `sandpiper` binary uses at least 4, so that a
+    // rebalance callback blocking one cannot starve the partitions).
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
