@@ -119,7 +119,8 @@ pub struct PipelineConfig {
     /// Partitions whose records run through the plugin at the same time.
     #[serde(default = "default_workers")]
     pub workers: usize,
-    /// Records buffered per partition between the consumer and the plugin.
+    /// Records librdkafka keeps fetched per partition, ahead of the plugin
+    /// (`queued.min.messages` of the pipeline's consumer).
     #[serde(default = "default_partition_buffer")]
     pub partition_buffer: usize,
     /// Records per partition whose outputs may await broker acknowledgement at once.
@@ -146,9 +147,7 @@ pub struct PipelineConfig {
 const fn default_workers() -> usize {
     2
 }
-/// Pausing a full partition makes librdkafka drop what it prefetched and
-/// fetch it again on resume; 256 records made a partition pause every few
-/// milliseconds at speed (a third of the throughput lost, BENCHMARKS.md).
+/// About one fetch's worth of small records per partition.
 const fn default_partition_buffer() -> usize {
     1024
 }

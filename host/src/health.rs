@@ -30,7 +30,7 @@ impl Clock {
     }
 }
 
-/// Progress of one assigned partition, updated by its router, worker and acker.
+/// Progress of one assigned partition, updated by its worker and acker.
 #[derive(Debug)]
 pub struct PartitionProgress {
     pub topic: String,

@@ -27,6 +27,9 @@ use crate::native::{Native, Transform};
 /// librdkafka settings both contenders run with: Sandpiper's own defaults
 /// (`host/src/kafka/mod.rs`), a short fetch wait, and short group timeouts: Tansu holds a
 /// join for the whole rebalance timeout (23 s at the defaults, 3 s here).
+/// The `queued.*` prefetch bounds are the native loop's only: its one
+/// queue holds every partition's records (16 MiB in all), where Sandpiper
+/// gives each partition a queue with its own, smaller, bounds.
 pub const CONSUMER_PROPERTIES: &[(&str, &str)] = &[
     ("auto.offset.reset", "earliest"),
     ("partition.assignment.strategy", "cooperative-sticky"),
@@ -269,8 +272,11 @@ impl Contender {
             };
             return Ok(Self::Native(Native::start(spec, transform)?));
         };
+        // Sandpiper's own prefetch defaults (per partition queue) stand;
+        // the native loop's one queue gets librdkafka's classic ones.
         let consumer_properties: String = CONSUMER_PROPERTIES
             .iter()
+            .filter(|(k, _)| !k.starts_with("queued."))
             .map(|(k, v)| format!("\"{k}\" = \"{v}\"\n"))
             .collect();
         let text = format!(

@@ -1,11 +1,11 @@
-//! The pipeline's one consumer: subscribe, receive [`Record`]s, store
-//! offsets of finished records, pause and resume partitions, close.
+//! The pipeline's one consumer: subscribe, give each partition its own
+//! queue of [`Record`]s, store offsets of finished records, close.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::TopicPartitionList;
+use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::KafkaError;
 
@@ -55,24 +55,20 @@ impl Consumer {
         Ok(to_record(&message))
     }
 
+    /// Gives `partition` a queue of its own: its records are received from
+    /// the returned queue instead of [`Consumer::recv`], so every partition
+    /// is read at its own pace (librdkafka bounds each partition's
+    /// prefetch). Call it before the partition is assigned (from the
+    /// rebalance callback), and again after every re-assignment.
+    pub fn split(&self, topic: &str, partition: i32) -> Option<PartitionQueue> {
+        self.inner
+            .split_partition_queue(topic, partition)
+            .map(|inner| PartitionQueue { inner })
+    }
+
     /// Marks everything before `offset + 1` as done: it will be committed.
     pub fn store_offset(&self, topic: &str, partition: i32, offset: i64) -> Result<(), KafkaError> {
         self.inner.store_offset(topic, partition, offset)
-    }
-
-    fn tpl(topic: &str, partition: i32) -> TopicPartitionList {
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(topic, partition);
-        tpl
-    }
-
-    /// Stops fetching a partition (backpressure); records already received stay ours.
-    pub fn pause(&self, topic: &str, partition: i32) -> Result<(), KafkaError> {
-        self.inner.pause(&Self::tpl(topic, partition))
-    }
-
-    pub fn resume(&self, topic: &str, partition: i32) -> Result<(), KafkaError> {
-        self.inner.resume(&Self::tpl(topic, partition))
     }
 
     /// Commits stored offsets now; "nothing to commit" is success.
@@ -113,5 +109,37 @@ impl Consumer {
                 "Closing the consumer timed out; leaving it behind."
             );
         }
+    }
+}
+
+/// One partition's own queue of records (see [`Consumer::split`]).
+pub struct PartitionQueue {
+    inner: StreamPartitionQueue<Context>,
+}
+
+impl std::fmt::Debug for PartitionQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionQueue").finish_non_exhaustive()
+    }
+}
+
+impl PartitionQueue {
+    /// Waits for the next record, then takes what else is already fetched,
+    /// up to `max` in all, into `out`. Errors are transient.
+    pub async fn recv_many(&self, out: &mut Vec<Record>, max: usize) -> Result<(), KafkaError> {
+        let first = self.inner.recv().await?;
+        out.push(to_record(&first));
+        drop(first);
+        while out.len() < max {
+            // Poll once: a record that is already fetched, or none.
+            let mut next = std::pin::pin!(self.inner.recv());
+            let ready =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(next.as_mut().poll(cx))).await;
+            match ready {
+                std::task::Poll::Ready(Ok(message)) => out.push(to_record(&message)),
+                std::task::Poll::Ready(Err(_)) | std::task::Poll::Pending => break,
+            }
+        }
+        Ok(())
     }
 }

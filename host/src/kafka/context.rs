@@ -184,6 +184,18 @@ fn parts(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
 
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            // Before librdkafka starts fetching: the listener gives every
+            // partition its own queue, and a partition's queue must exist
+            // before its first fetch, or those records would land in the
+            // consumer's main queue.
+            let partitions = parts(tpl);
+            tracing::info!(pipeline = %self.pipeline, partitions = ?partitions, "Partitions assigned.");
+            if let Some(listener) = &self.rebalance {
+                listener.assigned(&partitions);
+            }
+            return;
+        }
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
         };
@@ -207,14 +219,7 @@ impl ConsumerContext for Context {
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(tpl) => {
-                let partitions = parts(tpl);
-                tracing::info!(pipeline = %self.pipeline, partitions = ?partitions, "Partitions assigned.");
-                if let Some(listener) = &self.rebalance {
-                    listener.assigned(&partitions);
-                }
-            }
-            Rebalance::Revoke(_) => {}
+            Rebalance::Assign(_) | Rebalance::Revoke(_) => {}
             Rebalance::Error(error) => {
                 tracing::warn!(pipeline = %self.pipeline, %error, "Rebalance error.");
             }

@@ -27,7 +27,7 @@ pub mod tools;
 
 use std::collections::BTreeMap;
 
-pub use consumer::Consumer;
+pub use consumer::{Consumer, PartitionQueue};
 pub use context::{BrokerStats, ClientEvents, PartitionStats, RebalanceListener};
 pub use producer::{Delivery, Outgoing, Producer, SendError};
 
@@ -52,14 +52,15 @@ impl ClientSettings {
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("auto.commit.interval.ms", "1000")
-            // Bounded prefetch: with our per-partition buffers, this bounds
-            // memory under any backlog.
-            .set("queued.max.messages.kbytes", "16384")
-            .set("queued.min.messages", "1000")
-            // Pausing a partition (its buffer is full) purges its prefetched
-            // records, and after a fetch that filled the queue librdkafka
-            // waits this long before the next one: at its default (1 s) a
-            // resumed partition idled a second per buffer's worth of records.
+            // Bounded prefetch, per partition (each has its own queue, and
+            // both settings then apply per partition): this many KiB, or
+            // `queued.min.messages` records (the pipeline's
+            // `partition_buffer`), whichever comes first.
+            .set("queued.max.messages.kbytes", "4096")
+            .set("queued.min.messages", "1024")
+            // After a fetch that filled a partition's queue librdkafka waits
+            // this long before the next one: at its default (1 s) a busy
+            // partition idled a second per queue's worth of records.
             .set("fetch.queue.backoff.ms", "20")
             .set("statistics.interval.ms", "5000");
         for (k, v) in self.properties.iter().chain(&self.consumer_properties) {

@@ -8,9 +8,10 @@
 //! is watched, and a dead one makes the process exit (see `health`).
 //!
 //! # Layout
-//! - `mod.rs`: the pipeline's shared state, its router (consumer → partition
-//!   buffers, with pause/resume as backpressure), rebalances, start and stop.
-//! - `partition`: per-partition worker (plugin, in offset order) and acker
+//! - `mod.rs`: the pipeline's shared state, its event loop (polls the
+//!   consumer, which serves rebalances), rebalances, start and stop.
+//! - `partition`: per-partition worker (reads the partition's own queue,
+//!   runs the plugin in offset order) and acker
 //!   (in-order acknowledgements, offset store).
 //! - `workers`: the bounded instance pool and blocking calls.
 //! - `deadletter`: output and dead-letter records and their headers.
@@ -21,14 +22,13 @@ pub mod deadletter;
 mod partition;
 mod workers;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::{SendTimeoutError, TrySendError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -75,18 +75,13 @@ impl Counters {
     }
 }
 
-/// A partition as the router sees it.
+/// An assigned partition.
 struct Route {
     part: Arc<Partition>,
-    tx: mpsc::Sender<Record>,
-    /// Records received while the buffer was full, in order; the partition
-    /// is paused in the consumer until they are handed over.
-    overflow: VecDeque<Record>,
-    paused: bool,
     done: Arc<Done>,
 }
 
-/// State shared by a pipeline's router, partitions and rebalance callbacks.
+/// State shared by a pipeline's event loop, partitions and rebalance callbacks.
 pub(crate) struct Shared {
     name: String,
     labels: Labels,
@@ -103,7 +98,6 @@ pub(crate) struct Shared {
     health: Arc<PipelineHealth>,
     counters: Arc<Counters>,
     logs: LogLimiter,
-    partition_buffer: usize,
     max_unacked: usize,
     /// Bytes of outputs per partition that may await acknowledgement.
     max_unacked_bytes: usize,
@@ -169,27 +163,25 @@ impl Shared {
                 metrics: self.metrics.partition(topic, *partition),
                 unacked_bytes: Arc::new(tokio::sync::Semaphore::new(self.max_unacked_bytes)),
             });
-            let (tx, rx) = mpsc::channel(self.partition_buffer);
+            // Before the partition is assigned (see `Context::pre_rebalance`),
+            // so all its records arrive in its own queue.
+            let Some(queue) = self.consumer().split(topic, *partition) else {
+                self.health.set_fatal(format!(
+                    "cannot give partition {topic}/{partition} its own queue"
+                ));
+                continue;
+            };
             let (ack_tx, ack_rx) = mpsc::channel(self.max_unacked);
             let done = Arc::new(Done::default());
             self.spawn_watched(
                 format!("worker of {topic}/{partition}"),
-                partition::worker(part.clone(), rx, ack_tx),
+                partition::worker(part.clone(), queue, ack_tx),
             );
             self.spawn_watched(
                 format!("acker of {topic}/{partition}"),
                 partition::acker(part.clone(), ack_rx, done.clone()),
             );
-            by_partition.insert(
-                *partition,
-                Route {
-                    part,
-                    tx,
-                    overflow: VecDeque::new(),
-                    paused: false,
-                    done,
-                },
-            );
+            by_partition.insert(*partition, Route { part, done });
         }
     }
 
@@ -219,91 +211,27 @@ impl Shared {
         }
     }
 
-    /// Hands a consumed record to its partition's buffer. When the buffer
-    /// is full, gives the record back with the buffer's sender: the router
-    /// waits a moment for room ([`FULL_WAIT`]) before [`Shared::park`].
-    fn route(&self, record: Record) -> Option<(mpsc::Sender<Record>, Record)> {
-        let mut routes = self.routes();
-        let Some(route) = route_of(&mut routes, &record) else {
-            // Not (or no longer) ours: the owner fetches it from the last commit.
-            return None;
-        };
-        self.counters.consumed.fetch_add(1, Ordering::Relaxed);
-        route.part.metrics.consumed.inc();
-        route.part.progress.received(record.offset);
-        if route.paused {
-            route.overflow.push_back(record);
-            return None;
-        }
-        match route.tx.try_send(record) {
-            Ok(()) => None,
-            Err(TrySendError::Full(record)) => Some((route.tx.clone(), record)),
-            // The worker has stopped (revoked or shutting down).
-            Err(TrySendError::Closed(_)) => None,
-        }
-    }
-
-    /// Parks a record whose buffer stayed full and pauses its partition in
-    /// the consumer until the parked records are handed over.
-    fn park(&self, record: Record) {
-        let mut routes = self.routes();
-        let Some(route) = route_of(&mut routes, &record) else {
+    /// A record that reached the consumer's main queue. Every assigned
+    /// partition has its own queue, so only records of partitions no longer
+    /// ours arrive here (their owner fetches them from the last commit).
+    /// One of ours would mean its queue was split too late and its worker
+    /// may be past it: no more offsets are stored for that partition, and
+    /// the process exits so the group hands the partition on from its last
+    /// commit.
+    fn stray(&self, record: &Record) {
+        let routes = self.routes();
+        let Some(route) = routes
+            .get(record.topic.as_str())
+            .and_then(|r| r.get(&record.partition))
+        else {
             return;
         };
-        route.overflow.push_back(record);
-        if route.paused {
-            return;
-        }
-        if let Err(error) = self
-            .consumer()
-            .pause(&route.part.topic, route.part.partition)
-        {
-            tracing::warn!(pipeline = %self.name, %error, "Pausing a partition failed; parking its records.");
-        }
-        route.paused = true;
+        route.part.progress.lost.store(true, Ordering::Relaxed);
+        self.health.set_fatal(format!(
+            "record {}/{}@{} arrived outside its partition's queue",
+            record.topic, record.partition, record.offset
+        ));
     }
-
-    /// Moves parked records into buffers that have room; resumes partitions
-    /// whose parked records are all handed over.
-    fn drain_overflow(&self) {
-        let mut routes = self.routes();
-        for route in routes.values_mut().flat_map(HashMap::values_mut) {
-            if !route.paused {
-                continue;
-            }
-            while let Some(record) = route.overflow.pop_front() {
-                match route.tx.try_send(record) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(record)) => {
-                        route.overflow.push_front(record);
-                        break;
-                    }
-                    Err(TrySendError::Closed(_)) => route.overflow.clear(),
-                }
-            }
-            if route.overflow.is_empty() {
-                match self
-                    .consumer()
-                    .resume(&route.part.topic, route.part.partition)
-                {
-                    Ok(()) => route.paused = false,
-                    Err(error) => {
-                        tracing::warn!(pipeline = %self.name, %error, "Resuming a partition failed; trying again.")
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The route of `record`'s partition, if the partition is ours.
-fn route_of<'a>(
-    routes: &'a mut HashMap<String, HashMap<i32, Route>>,
-    record: &Record,
-) -> Option<&'a mut Route> {
-    routes
-        .get_mut(record.topic.as_str())
-        .and_then(|r| r.get_mut(&record.partition))
 }
 
 /// Bridges consumer rebalance callbacks to the pipeline without a cycle.
@@ -327,8 +255,8 @@ impl RebalanceListener for Listener {
 pub struct Pipeline {
     shared: Arc<Shared>,
     stop: CancellationToken,
-    /// Cancelled by the router when it ends, however it ends.
-    router_done: CancellationToken,
+    /// Cancelled by the event loop when it ends, however it ends.
+    events_done: CancellationToken,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -351,7 +279,7 @@ pub struct PipelineSpec {
 
 impl Pipeline {
     /// Creates the pipeline's two clients (once, for its whole life),
-    /// subscribes and starts routing.
+    /// subscribes and starts polling.
     pub fn start(spec: PipelineSpec) -> anyhow::Result<Self> {
         let PipelineSpec {
             config,
@@ -362,6 +290,17 @@ impl Pipeline {
         } = spec;
         metrics.plugin_version(plugin.id());
         let name = config.name().to_owned();
+        // Each partition's records wait in its own librdkafka queue, and
+        // `partition_buffer` is how many librdkafka keeps fetched there (an
+        // explicit `queued.min.messages` wins).
+        let mut client = client;
+        const PREFETCH: &str = "queued.min.messages";
+        if !client.properties.contains_key(PREFETCH) {
+            client
+                .consumer_properties
+                .entry(PREFETCH.to_owned())
+                .or_insert_with(|| config.partition_buffer.to_string());
+        }
         let producer = Producer::new(&client, &name, health.clone())?;
         let shared = Arc::new(Shared {
             name: name.clone(),
@@ -382,7 +321,6 @@ impl Pipeline {
             health: health.clone(),
             counters: Arc::new(Counters::default()),
             logs: LogLimiter::new(Duration::from_secs(10)),
-            partition_buffer: config.partition_buffer,
             max_unacked: config.max_unacked,
             max_unacked_bytes: usize::try_from(config.max_unacked_mb.saturating_mul(1 << 20))
                 .unwrap_or(usize::MAX)
@@ -401,19 +339,19 @@ impl Pipeline {
         consumer.subscribe(&inputs)?;
         let _ = shared.consumer.set(consumer);
         let stop = CancellationToken::new();
-        let stop_for_router = stop.clone();
-        let router_done = CancellationToken::new();
-        let done = router_done.clone().drop_guard();
-        let routing = shared.clone();
-        shared.spawn_watched(format!("router of pipeline {name}"), async move {
+        let stop_events = stop.clone();
+        let events_done = CancellationToken::new();
+        let done = events_done.clone().drop_guard();
+        let polling = shared.clone();
+        shared.spawn_watched(format!("event loop of pipeline {name}"), async move {
             let _done = done;
-            route_loop(routing, stop_for_router).await;
+            event_loop(polling, stop_events).await;
         });
         tracing::info!(pipeline = %name, group = %client.group, inputs = ?inputs, plugin = %shared.workers.plugin().id(), "Pipeline started.");
         Ok(Self {
             shared,
             stop,
-            router_done,
+            events_done,
         })
     }
 
@@ -457,7 +395,7 @@ impl Pipeline {
     pub async fn stop(self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         self.stop.cancel();
-        self.router_done.cancelled().await;
+        self.events_done.cancelled().await;
         let shared = self.shared.clone();
         let all: Vec<(String, i32)> = shared
             .routes()
@@ -490,37 +428,17 @@ impl Pipeline {
     }
 }
 
-/// How long the router waits for room in a full partition buffer before it
-/// pauses the partition: long enough for a busy worker to take its next
-/// batch, short enough that a stuck partition holds the others back only
-/// once (while paused, its records are parked without waiting).
-const FULL_WAIT: Duration = Duration::from_millis(5);
-
-/// The router: one task per pipeline that polls the consumer (which also
-/// serves rebalance callbacks) and feeds partition buffers.
-async fn route_loop(shared: Arc<Shared>, stop: CancellationToken) {
+/// The pipeline's event loop: polls the consumer's main queue, which
+/// serves rebalance callbacks and errors (records come through each
+/// partition's own queue).
+async fn event_loop(shared: Arc<Shared>, stop: CancellationToken) {
     let consumer = shared.consumer().clone();
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             () = stop.cancelled() => break,
-            _ = tick.tick() => shared.drain_overflow(),
             received = consumer.recv() => match received {
-                Ok(record) => {
-                    if let Some((tx, record)) = shared.route(record) {
-                        // A full buffer usually has room again within
-                        // microseconds (its worker takes a batch); pausing
-                        // at once would make librdkafka drop and re-fetch
-                        // the partition's prefetched records every time.
-                        match tx.send_timeout(record, FULL_WAIT).await {
-                            Ok(()) => {}
-                            Err(SendTimeoutError::Timeout(record)) => shared.park(record),
-                            Err(SendTimeoutError::Closed(_)) => {}
-                        }
-                    }
-                }
+                Ok(record) => shared.stray(&record),
                 Err(error) => {
                     if let Some(suppressed) = shared.logs.check("consume") {
                         tracing::warn!(pipeline = %shared.name, %error, suppressed, "Consumer error; librdkafka retries by itself.");

@@ -16,7 +16,7 @@ use super::Shared;
 use super::backoff;
 use crate::deploy::{Counts, VersionStats};
 use crate::health::{Done, PartitionProgress};
-use crate::kafka::{Delivery, Outgoing, SendError};
+use crate::kafka::{Delivery, Outgoing, PartitionQueue, SendError};
 use crate::metrics::PartitionMetrics;
 use crate::record::{FailureKind, Outcome, Record};
 
@@ -52,19 +52,38 @@ pub(super) struct Partition {
     pub unacked_bytes: Arc<Semaphore>,
 }
 
-/// Runs records from `rx` through the plugin; sends what to produce to the acker.
+/// Runs records from the partition's queue through the plugin; sends what
+/// to produce to the acker. Takes the next records only when it is ready
+/// for them, so a busy partition stops fetching (librdkafka bounds each
+/// partition's prefetch) while the others go on.
 pub(super) async fn worker(
     part: Arc<Partition>,
-    mut rx: mpsc::Receiver<Record>,
+    queue: PartitionQueue,
     acks: mpsc::Sender<Pending>,
 ) {
+    let shared = &part.shared;
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         batch.clear();
         tokio::select! {
             biased;
             () = part.cancel.cancelled() => break,
-            n = rx.recv_many(&mut batch, BATCH) => if n == 0 { break },
+            received = queue.recv_many(&mut batch, BATCH) => if let Err(error) = received {
+                if let Some(suppressed) = shared.logs.check("consume") {
+                    tracing::warn!(pipeline = %shared.name, topic = %part.topic, partition = part.partition,
+                        %error, suppressed, "Consumer error; librdkafka retries by itself.");
+                }
+                continue;
+            },
+        }
+        shared
+            .counters
+            .consumed
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        part.metrics.consumed.inc_by(batch.len() as u64);
+        // The first for the stall clock, the last for the high-water mark.
+        for record in [batch.first(), batch.last()].into_iter().flatten() {
+            part.progress.received(record.offset);
         }
         let records: VecDeque<Record> = batch.drain(..).collect();
         if !run_batch(&part, records, &acks).await {
