@@ -156,6 +156,59 @@ async fn retries_succeed_in_place_or_are_exhausted() {
     );
 }
 
+/// A partition whose plugin keeps asking for retries holds up only itself:
+/// every partition reads its own queue, so the others flow meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_stuck_in_retries_does_not_hold_up_the_others() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let env = Env::new(1, 3);
+    // Partition 0: a record retried for about 8 s, then 50 behind it.
+    let mut stuck = env.inputs(
+        std::iter::once(b"retry".to_vec()).chain((0..50).map(|i| format!("s{i}").into_bytes())),
+    );
+    for (i, r) in stuck.iter_mut().enumerate() {
+        r.key = Some(format!("p0-{i}").into_bytes());
+    }
+    let stuck = produce_to_partitions(&env, stuck, &[0]).await;
+    // Partitions 1 and 2: 1,000 records that must not wait for it.
+    let others = env.inputs((0..1000).map(|i| format!("o{i}").into_bytes()));
+    let others = produce_to_partitions(&env, others, &[1, 2]).await;
+    let extra = "workers = 1\npartition_buffer = 64\n[pipeline.retry]\nmax_attempts = 80\ninitial_backoff_ms = 100\nmax_backoff_ms = 100";
+    let app = App::start(env.config("chaos", extra))
+        .await
+        .expect("starts");
+
+    // Partitions 1 and 2 finish while partition 0 is still retrying.
+    let counters = app.pipelines[0].counters();
+    let started = std::time::Instant::now();
+    while counters.succeeded.load(Relaxed) < others.len() as u64 {
+        assert_eq!(
+            counters.dead_lettered.load(Relaxed),
+            0,
+            "partition 0 finished retrying before the others got through: {} of {} succeeded",
+            counters.succeeded.load(Relaxed),
+            others.len()
+        );
+        assert!(started.elapsed() < WAIT, "partitions 1 and 2 stalled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(counters.dead_lettered.load(Relaxed), 0);
+    let outputs = env.read(&env.output, others.len()).await;
+    let t = tally(&others, &outputs, &[]);
+    assert!(t.missing.is_empty(), "{} missing", t.missing.len());
+
+    let total = stuck.len() + others.len();
+    wait_committed(&app, total, WAIT).await;
+    let outputs = env.read(&env.output, total - 1).await;
+    let dead = env.read(&env.dlq, 1).await;
+    app.stop().await;
+    let all: Vec<_> = stuck.iter().chain(&others).cloned().collect();
+    let t = tally(&all, &outputs, &dead);
+    assert!(t.missing.is_empty(), "{t:?}");
+    assert_eq!((t.outputs, t.dead_letters), (total - 1, 1));
+    assert_eq!(header_str(&dead[0], dl::H_KIND), "retries-exhausted");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_dead_letter_produce_holds_the_offset_until_it_heals() {
     let env = Env::new(1, 1);
