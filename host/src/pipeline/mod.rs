@@ -76,7 +76,7 @@ impl Counters {
 }
 
 /// An assigned partition.
-struct Route {
+struct Assigned {
     part: Arc<Partition>,
     done: Arc<Done>,
 }
@@ -94,7 +94,7 @@ pub(crate) struct Shared {
     producer: Producer,
     /// Set right after creation (the consumer's callbacks need `Shared` first).
     consumer: OnceLock<Consumer>,
-    routes: Mutex<HashMap<String, HashMap<i32, Route>>>,
+    assigned: Mutex<HashMap<String, HashMap<i32, Assigned>>>,
     health: Arc<PipelineHealth>,
     counters: Arc<Counters>,
     logs: LogLimiter,
@@ -116,8 +116,8 @@ impl Shared {
             .expect("the consumer is set before subscribing")
     }
 
-    fn routes(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<i32, Route>>> {
-        self.routes.lock().unwrap_or_else(PoisonError::into_inner)
+    fn assigned(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<i32, Assigned>>> {
+        self.assigned.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Spawns a task whose panic marks the pipeline fatal instead of vanishing.
@@ -147,12 +147,20 @@ impl Shared {
 
     /// Starts work on newly assigned partitions.
     fn assign(self: &Arc<Self>, partitions: &[(String, i32)]) {
-        let mut routes = self.routes();
+        let mut assigned = self.assigned();
         for (topic, partition) in partitions {
-            let by_partition = routes.entry(topic.clone()).or_default();
+            let by_partition = assigned.entry(topic.clone()).or_default();
             if by_partition.contains_key(partition) {
                 continue;
             }
+            // Before the partition is assigned (see `Context::pre_rebalance`),
+            // so all its records arrive in its own queue.
+            let Some(queue) = self.consumer().split(topic, *partition) else {
+                self.health.set_fatal(format!(
+                    "cannot give partition {topic}/{partition} its own queue"
+                ));
+                continue;
+            };
             let progress = self.health.assign(topic, *partition);
             let part = Arc::new(Partition {
                 shared: self.clone(),
@@ -163,14 +171,6 @@ impl Shared {
                 metrics: self.metrics.partition(topic, *partition),
                 unacked_bytes: Arc::new(tokio::sync::Semaphore::new(self.max_unacked_bytes)),
             });
-            // Before the partition is assigned (see `Context::pre_rebalance`),
-            // so all its records arrive in its own queue.
-            let Some(queue) = self.consumer().split(topic, *partition) else {
-                self.health.set_fatal(format!(
-                    "cannot give partition {topic}/{partition} its own queue"
-                ));
-                continue;
-            };
             let (ack_tx, ack_rx) = mpsc::channel(self.max_unacked);
             let done = Arc::new(Done::default());
             self.spawn_watched(
@@ -181,29 +181,31 @@ impl Shared {
                 format!("acker of {topic}/{partition}"),
                 partition::acker(part.clone(), ack_rx, done.clone()),
             );
-            by_partition.insert(*partition, Route { part, done });
+            by_partition.insert(*partition, Assigned { part, done });
         }
     }
 
     /// Stops partitions and waits, until `deadline`, for their acknowledged
     /// work to be stored. Blocking: called from the rebalance callback.
     fn revoke(&self, partitions: &[(String, i32)], lost: bool, deadline: Instant) {
-        let removed: Vec<Route> = {
-            let mut routes = self.routes();
+        let removed: Vec<Assigned> = {
+            let mut assigned = self.assigned();
             partitions
                 .iter()
-                .filter_map(|(topic, partition)| routes.get_mut(topic.as_str())?.remove(partition))
+                .filter_map(|(topic, partition)| {
+                    assigned.get_mut(topic.as_str())?.remove(partition)
+                })
                 .collect()
         };
-        for route in &removed {
+        for entry in &removed {
             if lost {
-                route.part.progress.lost.store(true, Ordering::Relaxed);
+                entry.part.progress.lost.store(true, Ordering::Relaxed);
             }
-            route.part.cancel.cancel();
+            entry.part.cancel.cancel();
         }
-        for route in removed {
-            let (topic, partition) = (&route.part.topic, route.part.partition);
-            if !lost && !route.done.wait_until(deadline) {
+        for entry in removed {
+            let (topic, partition) = (&entry.part.topic, entry.part.partition);
+            if !lost && !entry.done.wait_until(deadline) {
                 tracing::warn!(pipeline = %self.name, %topic, partition,
                     "Revoked partition still had records in flight at the deadline; its next owner will repeat them.");
             }
@@ -219,14 +221,14 @@ impl Shared {
     /// the process exits so the group hands the partition on from its last
     /// commit.
     fn stray(&self, record: &Record) {
-        let routes = self.routes();
-        let Some(route) = routes
+        let assigned = self.assigned();
+        let Some(entry) = assigned
             .get(record.topic.as_str())
             .and_then(|r| r.get(&record.partition))
         else {
             return;
         };
-        route.part.progress.lost.store(true, Ordering::Relaxed);
+        entry.part.progress.lost.store(true, Ordering::Relaxed);
         self.health.set_fatal(format!(
             "record {}/{}@{} arrived outside its partition's queue",
             record.topic, record.partition, record.offset
@@ -317,7 +319,7 @@ impl Pipeline {
             versions: Arc::new(VersionStats::default()),
             producer,
             consumer: OnceLock::new(),
-            routes: Mutex::new(HashMap::new()),
+            assigned: Mutex::new(HashMap::new()),
             health: health.clone(),
             counters: Arc::new(Counters::default()),
             logs: LogLimiter::new(Duration::from_secs(10)),
@@ -398,7 +400,7 @@ impl Pipeline {
         self.events_done.cancelled().await;
         let shared = self.shared.clone();
         let all: Vec<(String, i32)> = shared
-            .routes()
+            .assigned()
             .iter()
             .flat_map(|(t, ps)| ps.keys().map(move |p| (t.clone(), *p)))
             .collect();
