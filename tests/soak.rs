@@ -209,9 +209,10 @@ fn a_soak_of_small_records_keeps_memory_threads_and_fds_flat() {
                 b.rss >> 10,
                 s.rss >> 10
             );
-            // Tokio's blocking pool starts and retires a thread now and then
-            // (plugin calls run there, at most `workers` at once): a leak
-            // grows without bound, this does not.
+            // Plugin calls run on the pipeline's own threads, a fixed number;
+            // tokio's blocking pool (offset commits and other occasional
+            // calls) starts and retires a thread now and then: a leak grows
+            // without bound, this does not.
             assert!(
                 s.threads <= b.threads + 2 && s.fds <= b.fds + 2,
                 "threads or fds grew after warm-up: {b:?} -> {s:?} at {done} records"

@@ -235,7 +235,25 @@ fn input_topic(size: usize, trapping: bool) -> String {
 /// parses the JSON line it prints.
 fn child<T: serde::de::DeserializeOwned>(spec: &Spec) -> anyhow::Result<T> {
     let exe = std::env::current_exe()?;
-    let out = Command::new(exe)
+    // `SANDPIPER_BENCH_PERF=DIR` records each scenario with `perf` into
+    // DIR/<mode>-<phase>.data (the measured process alone, not the broker).
+    let mut command = match std::env::var_os("SANDPIPER_BENCH_PERF") {
+        Some(dir) => {
+            let phase = match spec.phase {
+                Phase::Throughput { .. } => "throughput",
+                Phase::Latency { .. } => "latency",
+            };
+            let data = Path::new(&dir).join(format!("{}-{phase}.data", spec.mode.short()));
+            let mut perf = Command::new("perf");
+            perf.args(["record", "-F", "997", "-g", "-o"])
+                .arg(data)
+                .arg("--")
+                .arg(exe);
+            perf
+        }
+        None => Command::new(exe),
+    };
+    let out = command
         .arg("scenario")
         .arg(serde_json::to_string(spec)?)
         .stderr(std::process::Stdio::inherit())

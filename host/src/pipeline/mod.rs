@@ -13,7 +13,7 @@
 //! - `partition`: per-partition worker (reads the partition's own queue,
 //!   runs the plugin in offset order) and acker
 //!   (in-order acknowledgements, offset store).
-//! - `workers`: the bounded instance pool and blocking calls.
+//! - `workers`: the plugin threads, each with its instance.
 //! - `deadletter`: output and dead-letter records and their headers.
 //! - `backoff`: exponential backoff with jitter.
 
@@ -314,7 +314,10 @@ impl Pipeline {
                 plugin_header: config.plugin_header,
             },
             retry: config.retry.clone(),
-            workers: Arc::new(Workers::new(&name, plugin, config.workers, metrics.clone())),
+            workers: Arc::new(
+                Workers::new(&name, plugin, config.workers, metrics.clone())
+                    .with_context(|| format!("starting the plugin threads of pipeline {name}"))?,
+            ),
             metrics,
             versions: Arc::new(VersionStats::default()),
             producer,

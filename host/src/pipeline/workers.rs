@@ -1,15 +1,20 @@
-//! Running records through the plugin: a bounded set of instances shared
-//! by a pipeline's partitions, each call on a blocking thread.
+//! Running records through the plugin: `workers` threads per pipeline, each
+//! with its own instance, taking batches from one queue that the pipeline's
+//! partitions share.
 //!
-//! The semaphore is the backpressure: a partition waits for a permit before
-//! it takes an instance, so at most `workers` plugin calls run at once and
-//! at most `workers` instances exist, however many partitions are assigned.
+//! A thread goes from one batch straight to the next while any partition
+//! has one waiting, so the plugin runs back to back however long the hand
+//! back to the async side takes; at most `workers` plugin calls run at once
+//! and at most `workers` instances exist, however many partitions are
+//! assigned. The threads live as long as the pipeline: their number stays
+//! flat whatever the load or the faults.
 
 use std::collections::VecDeque;
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::PipelineMetrics;
@@ -28,13 +33,20 @@ pub struct BatchResult {
     pub plugin: Arc<Plugin>,
 }
 
-/// The pipeline's instances and the permits to use them.
+/// A batch waiting for a thread, and where its result goes.
+struct Job {
+    records: VecDeque<Record>,
+    cancel: CancellationToken,
+    reply: oneshot::Sender<std::thread::Result<BatchResult>>,
+}
+
+/// The pipeline's plugin threads and their queue.
 pub struct Workers {
     pipeline: String,
     /// The version new instances are made from; swapped by deploys.
-    plugin: ArcSwap<Plugin>,
-    permits: Semaphore,
-    idle: Mutex<Vec<Instance>>,
+    plugin: Arc<ArcSwap<Plugin>>,
+    /// Dropped with the pipeline: the threads finish their batch and end.
+    jobs: mpsc::Sender<Job>,
     metrics: PipelineMetrics,
 }
 
@@ -47,19 +59,33 @@ impl std::fmt::Debug for Workers {
 }
 
 impl Workers {
+    /// Starts `workers` threads (at least one).
     pub fn new(
         pipeline: &str,
         plugin: Arc<Plugin>,
         workers: usize,
         metrics: PipelineMetrics,
-    ) -> Self {
-        Self {
-            pipeline: pipeline.to_owned(),
-            plugin: ArcSwap::new(plugin),
-            permits: Semaphore::new(workers),
-            idle: Mutex::new(Vec::with_capacity(workers)),
-            metrics,
+    ) -> std::io::Result<Self> {
+        let plugin = Arc::new(ArcSwap::new(plugin));
+        let (jobs, queue) = mpsc::channel();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..workers.max(1) {
+            let thread = Thread {
+                pipeline: pipeline.to_owned(),
+                plugin: plugin.clone(),
+                queue: queue.clone(),
+                metrics: metrics.clone(),
+            };
+            std::thread::Builder::new()
+                .name(format!("plugin-{i}"))
+                .spawn(move || thread.run())?;
         }
+        Ok(Self {
+            pipeline: pipeline.to_owned(),
+            plugin,
+            jobs,
+            metrics,
+        })
     }
 
     pub fn plugin(&self) -> Arc<Plugin> {
@@ -73,92 +99,120 @@ impl Workers {
         self.plugin.swap(plugin)
     }
 
-    fn checkout(&self) -> Instance {
-        let current = self.plugin.load_full();
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(instance) = idle.pop() {
-            if Arc::ptr_eq(instance.plugin(), &current) {
-                return instance;
-            }
-            // An instance of an older version: drop it.
-        }
-        Instance::new(current)
-    }
-
-    fn checkin(&self, instance: Instance) {
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(instance);
-    }
-
     /// Runs `records` in order on one instance, stopping after the first
     /// record that must be retried (plugin `retry` or a host-side failure).
     /// Stops early, before the next record, once `cancel` is cancelled (a
     /// revoke or shutdown waits only for the record being handled).
     pub async fn run(&self, records: VecDeque<Record>, cancel: &CancellationToken) -> BatchResult {
-        // The semaphore is never closed, so acquire cannot fail.
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .expect("the workers semaphore is never closed");
-        let mut instance = self.checkout();
-        let pipeline = self.pipeline.clone();
-        let metrics = self.metrics.clone();
-        let cancel = cancel.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            let mut records = records;
-            let mut done = Vec::with_capacity(records.len());
-            let instantiations = instance.instantiations();
-            // One clock read per record: each call ends where the next starts.
-            let mut started = std::time::Instant::now();
-            while !cancel.is_cancelled()
-                && let Some(mut record) = records.pop_front()
-            {
-                // Plugin log lines carry the record's coordinates themselves
-                // (see `runtime::host`); this span is for host-side tracing
-                // at trace level and costs nothing otherwise.
-                let span = tracing::trace_span!(
-                    "record",
-                    pipeline = %pipeline,
-                    topic = %record.topic,
-                    partition = record.partition,
-                    offset = record.offset,
-                    plugin = %instance.plugin().id()
-                );
-                let outcome = span.in_scope(|| instance.handle_in_place(&mut record));
-                let ended = std::time::Instant::now();
-                metrics
-                    .call_seconds
-                    .observe(ended.duration_since(started).as_secs_f64());
-                started = ended;
-                let stop = matches!(&outcome, Err(f) if f.kind == FailureKind::Retry || f.kind.is_host_side());
-                done.push((record, outcome));
-                if stop {
-                    break;
-                }
-            }
-            metrics.instantiations.inc_by(instance.instantiations() - instantiations);
-            let plugin = instance.plugin().clone();
-            (
-                instance,
-                BatchResult {
-                    done,
-                    rest: records,
-                    plugin,
-                },
-            )
-        })
-        .await;
-        match joined {
-            Ok((instance, result)) => {
-                self.checkin(instance);
-                result
-            }
+        let (reply, result) = oneshot::channel();
+        let job = Job {
+            records,
+            cancel: cancel.clone(),
+            reply,
+        };
+        // The threads end only when `jobs` is dropped, and they answer
+        // every job they take, even when our own code panics in one.
+        self.jobs
+            .send(job)
+            .unwrap_or_else(|_| panic!("the plugin threads of {} are gone", self.pipeline));
+        match result.await {
+            Ok(Ok(result)) => result,
             // Our own code panicked (never the guest: guest faults are
             // outcomes). Let it surface through this task's JoinHandle.
-            Err(error) => std::panic::resume_unwind(error.into_panic()),
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => panic!("a plugin thread of {} ended", self.pipeline),
+        }
+    }
+}
+
+/// One plugin thread: its instance, made from the current version.
+struct Thread {
+    pipeline: String,
+    plugin: Arc<ArcSwap<Plugin>>,
+    queue: Arc<Mutex<mpsc::Receiver<Job>>>,
+    metrics: PipelineMetrics,
+}
+
+impl Thread {
+    fn run(self) {
+        let mut instance: Option<Instance> = None;
+        loop {
+            // One thread waits on the queue; the others wait for the lock.
+            let job = self
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .recv();
+            let Ok(Job {
+                records,
+                cancel,
+                reply,
+            }) = job
+            else {
+                return;
+            };
+            let current = self.plugin.load_full();
+            let mut ready = match instance.take() {
+                Some(i) if Arc::ptr_eq(i.plugin(), &current) => i,
+                // None yet, or one of an older version: drop it.
+                _ => Instance::new(current),
+            };
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.batch(&mut ready, records, &cancel)
+            }));
+            if result.is_ok() {
+                instance = Some(ready);
+            }
+            // The partition may be gone (revoked and cancelled); then nobody
+            // waits for the result.
+            let _ = reply.send(result);
+        }
+    }
+
+    fn batch(
+        &self,
+        instance: &mut Instance,
+        mut records: VecDeque<Record>,
+        cancel: &CancellationToken,
+    ) -> BatchResult {
+        let mut done = Vec::with_capacity(records.len());
+        let instantiations = instance.instantiations();
+        // One clock read per record: each call ends where the next starts.
+        let mut started = std::time::Instant::now();
+        while !cancel.is_cancelled()
+            && let Some(mut record) = records.pop_front()
+        {
+            // Plugin log lines carry the record's coordinates themselves
+            // (see `runtime::host`); this span is for host-side tracing
+            // at trace level and costs nothing otherwise.
+            let span = tracing::trace_span!(
+                "record",
+                pipeline = %self.pipeline,
+                topic = %record.topic,
+                partition = record.partition,
+                offset = record.offset,
+                plugin = %instance.plugin().id()
+            );
+            let outcome = span.in_scope(|| instance.handle_in_place(&mut record));
+            let ended = std::time::Instant::now();
+            self.metrics
+                .call_seconds
+                .observe(ended.duration_since(started).as_secs_f64());
+            started = ended;
+            let stop =
+                matches!(&outcome, Err(f) if f.kind == FailureKind::Retry || f.kind.is_host_side());
+            done.push((record, outcome));
+            if stop {
+                break;
+            }
+        }
+        self.metrics
+            .instantiations
+            .inc_by(instance.instantiations() - instantiations);
+        BatchResult {
+            done,
+            rest: records,
+            plugin: instance.plugin().clone(),
         }
     }
 }
