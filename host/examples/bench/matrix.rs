@@ -244,8 +244,15 @@ fn child<T: serde::de::DeserializeOwned>(spec: &Spec) -> anyhow::Result<T> {
                 Phase::Latency { .. } => "latency",
             };
             let data = Path::new(&dir).join(format!("{}-{phase}.data", spec.mode.short()));
+            // `SANDPIPER_BENCH_PERF_ARGS` replaces the sampling options,
+            // e.g. `-F 499 --call-graph dwarf,16384` where frame pointers
+            // are missing (librdkafka, libc).
+            let options = std::env::var("SANDPIPER_BENCH_PERF_ARGS")
+                .unwrap_or_else(|_| "-F 997 -g".to_owned());
             let mut perf = Command::new("perf");
-            perf.args(["record", "-F", "997", "-g", "-o"])
+            perf.arg("record")
+                .args(options.split_whitespace())
+                .arg("-o")
                 .arg(data)
                 .arg("--")
                 .arg(exe);

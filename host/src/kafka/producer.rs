@@ -102,14 +102,18 @@ impl Producer {
     /// Hands a record to librdkafka and returns its delivery. Waits while
     /// librdkafka's queue is full; other errors come back at once.
     pub async fn send(&self, record: &Outgoing) -> Result<Delivery, SendError> {
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-        for (key, value) in &record.headers {
-            headers = headers.insert(Header {
-                key: key.as_str(),
-                value: Some(value.as_slice()),
-            });
+        let mut future = FutureRecord::<[u8], [u8]>::to(&record.topic);
+        // librdkafka allocates a header list even when it stays empty.
+        if !record.headers.is_empty() {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (key, value) in &record.headers {
+                headers = headers.insert(Header {
+                    key: key.as_str(),
+                    value: Some(value.as_slice()),
+                });
+            }
+            future = future.headers(headers);
         }
-        let mut future = FutureRecord::<[u8], [u8]>::to(&record.topic).headers(headers);
         if let Some(key) = &record.key {
             future = future.key(key.as_slice());
         }
