@@ -112,6 +112,10 @@ pub(crate) fn build(settings: &EngineSettings) -> anyhow::Result<Engine> {
         .consume_fuel(settings.fuel)
         .max_wasm_stack(settings.max_stack_kb as usize * 1024)
         .wasm_backtrace_max_frames(NonZeroUsize::new(settings.max_backtrace_frames as usize))
+        // Dead letters name each frame's function, not its bytecode offset:
+        // without the map a trap's backtrace skips a linear search of it
+        // per frame (about a sixth of a trap's cost, BENCHMARKS.md).
+        .generate_address_map(false)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     let engine = Engine::new(&config)
         .map_err(anyhow::Error::from)
