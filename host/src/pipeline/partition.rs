@@ -117,16 +117,21 @@ async fn run_batch(
         queue = result.rest;
         let plugin = result.plugin;
         shared.versions.add(plugin.id(), tally(&result.done));
+        // Once per batch: the counters are shared by every partition.
+        let (succeeded, outputs) = successes(&result.done);
+        part.metrics.succeeded.inc_by(succeeded);
+        shared
+            .counters
+            .succeeded
+            .fetch_add(succeeded, Ordering::Relaxed);
+        shared
+            .counters
+            .outputs
+            .fetch_add(outputs, Ordering::Relaxed);
+        shared.metrics.outputs.inc_by(outputs);
         for (record, outcome) in result.done {
             let failure = match outcome {
                 Ok(outputs) => {
-                    part.metrics.succeeded.inc();
-                    shared.counters.succeeded.fetch_add(1, Ordering::Relaxed);
-                    shared
-                        .counters
-                        .outputs
-                        .fetch_add(outputs.len() as u64, Ordering::Relaxed);
-                    shared.metrics.outputs.inc_by(outputs.len() as u64);
                     let sends = shared.labels.outputs(outputs, plugin.id());
                     if !hand_over(part, record.offset, sends, false, acks).await {
                         return false;
@@ -199,6 +204,15 @@ fn tally(done: &[(Record, Outcome)]) -> Counts {
             .filter(|(_, o)| o.as_ref().is_err_and(|f| VersionStats::is_fault(f.kind)))
             .count() as u64,
     }
+}
+
+/// The records of a batch that succeeded, and their outputs.
+fn successes(done: &[(Record, Outcome)]) -> (u64, u64) {
+    done.iter()
+        .filter_map(|(_, o)| o.as_ref().ok())
+        .fold((0, 0), |(records, outputs), o| {
+            (records + 1, outputs + o.len() as u64)
+        })
 }
 
 /// Sends a record's outputs (or dead letter) and queues them for the acker.
