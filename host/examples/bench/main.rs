@@ -81,7 +81,8 @@ fn pipeline(args: &[String]) -> anyhow::Result<()> {
         matrix::Plan::full(out.clone())
     };
     // For profiling one corner: `--config 1024x2`, `--modes native,reuse`,
-    // `--records N`, `--rate R`, `--pipeline-toml 'partition_buffer = 1024'`.
+    // `--records N`, `--rate R`, `--rounds N` (fixed-rate runs of each mode),
+    // `--pipeline-toml 'partition_buffer = 1024'`.
     if let Some(c) = value("--config") {
         let (size, workers) = c.split_once('x').context("--config SIZExWORKERS")?;
         plan.configs = vec![(size.parse()?, workers.parse()?)];
@@ -102,6 +103,9 @@ fn pipeline(args: &[String]) -> anyhow::Result<()> {
     }
     if let Some(r) = value("--rate") {
         plan.rate_override = Some(r.parse()?);
+    }
+    if let Some(n) = value("--rounds") {
+        plan.latency_rounds = n.parse()?;
     }
     if let Some(t) = value("--pipeline-toml") {
         plan.pipeline_toml = t.clone();

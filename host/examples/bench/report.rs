@@ -46,7 +46,7 @@ fn config_label((size, workers): (usize, usize)) -> String {
 /// The results table, in Markdown.
 pub fn table(rows: &[Row]) -> String {
     let mut t = String::from(
-        "| records | workers | scenario | records/s | MB/s | × native | CPU µs/record | × native | peak RSS | fixed rate (records/s) | p50 | p99 | p99 added |\n\
+        "| records | workers | scenario | records/s | MB/s | × native | CPU µs/record | × native | peak RSS | fixed rate (records/s) | p50 | p99 (range) | p99 added |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
@@ -54,16 +54,23 @@ pub fn table(rows: &[Row]) -> String {
         let ratio =
             |f: fn(&Row) -> f64| base.map_or(String::new(), |b| format!("{:.2}", f(r) / f(b)));
         let (rate_at, p50, p99) = r.latency.as_ref().map_or_else(Default::default, |l| {
+            let mut p99 = format!("{:.1} ms", l.p99_us / 1000.0);
+            if r.latencies.len() > 1 {
+                let (lo, hi) = r.latencies.iter().fold((f64::MAX, 0.0f64), |(lo, hi), l| {
+                    (lo.min(l.p99_us), hi.max(l.p99_us))
+                });
+                let _ = write!(p99, " ({:.0}-{:.0})", lo / 1000.0, hi / 1000.0);
+            }
             (
                 l.rate.to_string(),
-                format!("{:.2} ms", l.p50_us / 1000.0),
-                format!("{:.2} ms", l.p99_us / 1000.0),
+                format!("{:.1} ms", l.p50_us / 1000.0),
+                p99,
             )
         });
         // Added latency: against the native loop at the same rate.
         let added = match (&r.latency, base.and_then(|b| b.latency.as_ref())) {
             (Some(l), Some(b)) if l.rate == b.rate => {
-                format!("{:+.2} ms", (l.p99_us - b.p99_us) / 1000.0)
+                format!("{:+.1} ms", (l.p99_us - b.p99_us) / 1000.0)
             }
             _ => "n/a".to_owned(),
         };
@@ -112,8 +119,11 @@ pub fn targets(rows: &[Row]) -> String {
                 let added = (lr.p99_us - ln.p99_us) / 1000.0;
                 let _ = writeln!(
                     t,
-                    "  - at {} records/s (half reuse mode's maximum): reuse adds {added:+.2} ms to the native loop's p99 (≤ 1 ms: {})",
+                    "  - at {} records/s (half reuse mode's live maximum, {:.0} records/s; its drain maximum {:.0}): reuse adds {added:+.1} ms to the native loop's p99, medians of {} rounds (≤ 1 ms: {})",
                     ln.rate,
+                    r.live_max.unwrap_or(f64::NAN),
+                    rate(r),
+                    r.latencies.len(),
                     mark(added <= 1.0),
                 );
             }

@@ -178,6 +178,11 @@ pub struct Latency {
     pub samples: usize,
     pub p50_us: f64,
     pub p99_us: f64,
+    /// Records a second the contender completed while the load was being
+    /// sent (from the end of the warm-up fifth to the last send): below
+    /// `rate` when it could not keep up.
+    #[serde(default)]
+    pub achieved: f64,
 }
 
 /// A JSON order of `size` bytes (the `json-transform` plugin's input).
@@ -419,13 +424,27 @@ async fn latency(spec: &Spec, rate: u64, seconds: f64, size: usize) -> anyhow::R
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let total = (rate as f64 * seconds) as u64;
-    let sent = {
+    let sender = {
         let (brokers, input, traps) = (spec.brokers.clone(), spec.input.clone(), spec.mode.traps());
         tokio::task::spawn_blocking(move || {
             send_at_rate(&brokers, &input, rate, total, size, traps)
         })
-        .await??
     };
+    // The contender's completion rate while the load is sent, after the
+    // warm-up fifth (the same window as the latency samples).
+    let sending = Instant::now();
+    let warm_up = Duration::from_secs_f64(seconds / 5.0);
+    let mut from: Option<(Instant, u64)> = None;
+    while !sender.is_finished() {
+        if from.is_none() && sending.elapsed() >= warm_up {
+            from = Some((Instant::now(), contender.done()));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let achieved = from.map_or(0.0, |(at, done)| {
+        (contender.done() - done) as f64 / at.elapsed().as_secs_f64()
+    });
+    let sent = sender.await??;
     let expected = (0..sent)
         .filter(|&i| !(spec.mode.traps() && traps(i)))
         .count();
@@ -462,6 +481,7 @@ async fn latency(spec: &Spec, rate: u64, seconds: f64, size: usize) -> anyhow::R
         samples: steady.len(),
         p50_us: pct(0.50),
         p99_us: pct(0.99),
+        achieved,
     })
 }
 
