@@ -81,7 +81,7 @@ fn pipeline(args: &[String]) -> anyhow::Result<()> {
         matrix::Plan::full(out.clone())
     };
     // For profiling one corner: `--config 1024x2`, `--modes native,reuse`,
-    // `--records N`, `--rate R`, `--rounds N` (fixed-rate runs of each mode),
+    // `--records N`, `--rate R`, `--rounds N` (runs of each mode),
     // `--pipeline-toml 'partition_buffer = 1024'`.
     if let Some(c) = value("--config") {
         let (size, workers) = c.split_once('x').context("--config SIZExWORKERS")?;
@@ -106,6 +106,7 @@ fn pipeline(args: &[String]) -> anyhow::Result<()> {
     }
     if let Some(n) = value("--rounds") {
         plan.latency_rounds = n.parse()?;
+        plan.throughput_rounds = plan.latency_rounds;
     }
     if let Some(t) = value("--pipeline-toml") {
         plan.pipeline_toml = t.clone();

@@ -34,6 +34,8 @@ pub struct Plan {
     pub live_offers: usize,
     /// Fixed-rate runs of each mode.
     pub latency_rounds: usize,
+    /// Throughput runs of each mode.
+    pub throughput_rounds: usize,
     /// Where results, the table and the plots go.
     pub out: PathBuf,
     /// The modes to run (all but when profiling one).
@@ -59,6 +61,7 @@ impl Plan {
             live_seconds: 3.0,
             live_offers: 4,
             latency_rounds: 3,
+            throughput_rounds: 3,
             out,
             modes: Mode::ALL.to_vec(),
             records_override: None,
@@ -76,6 +79,7 @@ impl Plan {
             live_seconds: 1.0,
             live_offers: 1,
             latency_rounds: 1,
+            throughput_rounds: 1,
             out,
             modes: Mode::ALL.to_vec(),
             records_override: None,
@@ -95,12 +99,27 @@ pub struct Tally {
     pub duplicates: u64,
 }
 
+impl Tally {
+    fn add(&mut self, other: &Self) {
+        self.inputs += other.inputs;
+        self.outputs += other.outputs;
+        self.dead_letters += other.dead_letters;
+        self.missing += other.missing;
+        self.duplicates += other.duplicates;
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
     pub size: usize,
     pub workers: usize,
     pub mode: Mode,
+    /// The median of `throughputs` by records/s.
     pub throughput: Throughput,
+    /// Every throughput round.
+    #[serde(default)]
+    pub throughputs: Vec<Throughput>,
+    /// Every round's tally, added up.
     pub tally: Tally,
     /// The highest rate kept up with when the load is produced beside the
     /// contender (see `run`).
@@ -149,51 +168,77 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
         }
     }
 
-    let mut rows = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     let mut run_id = 0;
     for &(size, workers) in &plan.configs {
         let records = plan.records(size);
-        for &mode in &plan.modes {
-            run_id += 1;
-            let spec = Spec {
-                mode,
-                workers,
-                brokers: brokers.clone(),
-                input: input_topic(size, mode.traps()),
-                output: format!("out-{run_id}"),
-                dead_letter: format!("dlq-{run_id}"),
-                group: format!("group-{run_id}"),
-                pipeline_toml: plan.pipeline_toml.clone(),
-                phase: Phase::Throughput { records },
-            };
-            broker.create_topic(&spec.output, PARTITIONS)?;
-            broker.create_topic(&spec.dead_letter, PARTITIONS)?;
-            let throughput: Throughput = child(&spec)?;
-            let tally = tally(&brokers, &spec, records)?;
-            eprintln!(
-                "bench: {size} B, {workers} worker(s), {}: {:.0} records/s, {:.2} µs CPU per record, peak RSS {} KiB; tally {tally:?}",
-                mode.label(),
-                throughput.records as f64 / throughput.seconds,
-                throughput.cpu_seconds * 1e6 / throughput.records as f64,
-                throughput.peak_rss_kib,
-            );
-            if tally.missing > 0 {
-                bail!(
-                    "{}: {} of {records} inputs missing",
+        // Throughput in rounds that interleave the modes: the same run
+        // moves by a third from one run to the next on this machine, so each
+        // mode's figure is its median round (by records/s).
+        for round in 0..plan.throughput_rounds {
+            for &mode in &plan.modes {
+                run_id += 1;
+                let spec = Spec {
+                    mode,
+                    workers,
+                    brokers: brokers.clone(),
+                    input: input_topic(size, mode.traps()),
+                    output: format!("out-{run_id}"),
+                    dead_letter: format!("dlq-{run_id}"),
+                    group: format!("group-{run_id}"),
+                    pipeline_toml: plan.pipeline_toml.clone(),
+                    phase: Phase::Throughput { records },
+                };
+                broker.create_topic(&spec.output, PARTITIONS)?;
+                broker.create_topic(&spec.dead_letter, PARTITIONS)?;
+                let throughput: Throughput = child(&spec)?;
+                let tally = tally(&brokers, &spec, records)?;
+                eprintln!(
+                    "bench: {size} B, {workers} worker(s), {} (round {}): {:.0} records/s, {:.2} µs CPU per record, peak RSS {} KiB; tally {tally:?}",
                     mode.label(),
-                    tally.missing
+                    round + 1,
+                    throughput.records as f64 / throughput.seconds,
+                    throughput.cpu_seconds * 1e6 / throughput.records as f64,
+                    throughput.peak_rss_kib,
                 );
+                if tally.missing > 0 {
+                    bail!(
+                        "{}: {} of {records} inputs missing",
+                        mode.label(),
+                        tally.missing
+                    );
+                }
+                match rows
+                    .iter_mut()
+                    .find(|r| (r.size, r.workers, r.mode) == (size, workers, mode))
+                {
+                    Some(row) => {
+                        row.tally.add(&tally);
+                        row.throughputs.push(throughput);
+                    }
+                    None => rows.push(Row {
+                        size,
+                        workers,
+                        mode,
+                        throughput: throughput.clone(),
+                        throughputs: vec![throughput],
+                        tally,
+                        live_max: None,
+                        latency: None,
+                        latencies: Vec::new(),
+                    }),
+                }
             }
-            rows.push(Row {
-                size,
-                workers,
-                mode,
-                throughput,
-                tally,
-                live_max: None,
-                latency: None,
-                latencies: Vec::new(),
-            });
+        }
+        for row in rows
+            .iter_mut()
+            .filter(|r| (r.size, r.workers) == (size, workers))
+        {
+            let mut rounds = row.throughputs.clone();
+            rounds.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+            if let Some(median) = rounds.get(rounds.len().saturating_sub(1) / 2) {
+                row.throughput = median.clone();
+            }
         }
         // The maximum rate with the load generated live. Draining a
         // preloaded topic leaves out producing and reading the load on the

@@ -12,7 +12,23 @@ use crate::matrix::Row;
 use crate::scenario::Mode;
 
 fn rate(r: &Row) -> f64 {
-    r.throughput.records as f64 / r.throughput.seconds
+    r.throughput.rate()
+}
+
+/// The median records/s, with the range of the rounds when there were
+/// several.
+fn rate_cell(r: &Row) -> String {
+    let mut cell = format!("{:.0}", rate(r));
+    if r.throughputs.len() > 1 {
+        let (lo, hi) = r
+            .throughputs
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(lo, hi), t| {
+                (lo.min(t.rate()), hi.max(t.rate()))
+            });
+        let _ = write!(cell, " ({:.0}k-{:.0}k)", lo / 1e3, hi / 1e3);
+    }
+    cell
 }
 
 fn cpu_us(r: &Row) -> f64 {
@@ -46,7 +62,7 @@ fn config_label((size, workers): (usize, usize)) -> String {
 /// The results table, in Markdown.
 pub fn table(rows: &[Row]) -> String {
     let mut t = String::from(
-        "| records | workers | scenario | records/s | MB/s | × native | CPU µs/record | × native | peak RSS | fixed rate (records/s) | p50 | p99 (range) | p99 added |\n\
+        "| records | workers | scenario | records/s (range) | MB/s | × native | CPU µs/record | × native | peak RSS | fixed rate (records/s) | p50 | p99 (range) | p99 added |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
@@ -76,11 +92,11 @@ pub fn table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             t,
-            "| {} B | {} | {} | {:.0} | {:.1} | {} | {:.1} | {} | {} MiB | {rate_at} | {p50} | {p99} | {added} |",
+            "| {} B | {} | {} | {} | {:.1} | {} | {:.1} | {} | {} MiB | {rate_at} | {p50} | {p99} | {added} |",
             r.size,
             r.workers,
             r.mode.label(),
-            rate(r),
+            rate_cell(r),
             rate(r) * r.size as f64 / 1e6,
             ratio(rate),
             cpu_us(r),

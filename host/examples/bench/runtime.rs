@@ -76,7 +76,10 @@ pub fn runtime_bench() -> anyhow::Result<()> {
             value: Some(b"unwrap-none".to_vec()),
             ..record(0)
         };
-        let pairs = 2_000u64;
+        let pairs: u64 = std::env::var("PAIRS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2_000);
         let t = Instant::now();
         for k in 0..pairs {
             let _ = i.handle(&poison);

@@ -172,6 +172,12 @@ pub struct Throughput {
     pub peak_rss_kib: u64,
 }
 
+impl Throughput {
+    pub fn rate(&self) -> f64 {
+        self.records as f64 / self.seconds
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Latency {
     pub rate: u64,
