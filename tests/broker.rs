@@ -61,7 +61,8 @@ fn hostile_records_from_the_broker_are_all_accounted_for() {
     let panics: Vec<String> = host
         .log_lines()
         .into_iter()
-        .filter(|l| l.contains("panicked"))
+        // The host's own panics; the plugin's are dead letters' reasons.
+        .filter(|l| l.contains("panicked") && !l.contains("Record failed"))
         .collect();
     assert!(panics.is_empty(), "{panics:?}");
     let status = host.terminate(Duration::from_secs(30));

@@ -47,7 +47,7 @@ fn plugin_test_prints_one_result_per_record_and_a_summary() {
     assert_eq!(lines[0]["outputs"][0]["headers"][0][0], "h");
     assert_eq!(lines[1]["status"], "failed");
     assert_eq!(lines[1]["failure"]["kind"], "trap");
-    assert_eq!(lines[1]["failure"]["trap"], "unreachable");
+    assert_eq!(lines[1]["failure"]["trap"], "panic");
     assert!(
         lines[1]["failure"]["stderr"]
             .as_str()

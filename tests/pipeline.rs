@@ -95,7 +95,12 @@ async fn poison_records_are_dead_lettered_with_exact_counts_and_bytes() {
         match original.value.as_deref() {
             Some(b"unwrap-none") => {
                 assert_eq!(kind, "trap");
-                assert_eq!(header_str(d, dl::H_TRAP), "unreachable");
+                assert_eq!(header_str(d, dl::H_TRAP), "panic");
+                assert!(
+                    header_str(d, dl::H_MESSAGE).starts_with("panicked at ")
+                        && header_str(d, dl::H_MESSAGE).contains("None"),
+                    "the panic's report is the message"
+                );
                 assert!(
                     header_str(d, dl::H_STDERR).contains("None"),
                     "panic message in stderr"

@@ -43,11 +43,17 @@ fn a_normal_record_is_uppercased_with_key_and_headers() {
 }
 
 #[test]
-fn a_panic_is_a_trap_with_its_message_in_stderr() {
+fn a_panic_is_a_trap_with_its_report_as_the_message() {
     let mut i = chaos(Limits::default());
     let f = fails(i.handle(&record(0, "panic")));
     assert_eq!(f.kind, FailureKind::Trap);
-    assert_eq!(f.trap.as_deref(), Some("unreachable"));
+    // The SDK's panic hook exits through WASI after printing the report.
+    assert_eq!(f.trap.as_deref(), Some("panic"));
+    assert!(
+        f.message.starts_with("panicked at ") && f.message.ends_with("chaos: panic on demand"),
+        "message: {}",
+        f.message
+    );
     assert!(
         f.stderr.contains("chaos: panic on demand"),
         "stderr: {}",
@@ -55,6 +61,38 @@ fn a_panic_is_a_trap_with_its_message_in_stderr() {
     );
     assert!(!f.backtrace.is_empty(), "a guest backtrace");
     assert_eq!(f.plugin.name(), "chaos");
+    // The instance is replaced: the next record is handled.
+    assert!(i.handle(&record(1, "hello")).is_ok());
+}
+
+#[test]
+fn a_panic_without_the_sdk_hook_an_abort_and_an_exit_are_traps_named_for_what_they_are() {
+    let mut i = chaos(Limits::default());
+    // Left to abort, a panic is a wasm `unreachable` trap; its report in
+    // stderr still names it.
+    let f = fails(i.handle(&record(0, "panic-unhooked")));
+    assert_eq!(
+        (f.kind, f.trap.as_deref()),
+        (FailureKind::Trap, Some("panic"))
+    );
+    assert!(
+        f.message.starts_with("panicked at ")
+            && f.message.ends_with("chaos: panic without the SDK's hook"),
+        "message: {}",
+        f.message
+    );
+    let f = fails(i.handle(&record(1, "abort")));
+    assert_eq!(
+        (f.kind, f.trap.as_deref()),
+        (FailureKind::Trap, Some("unreachable"))
+    );
+    let f = fails(i.handle(&record(2, "exit")));
+    assert_eq!(
+        (f.kind, f.trap.as_deref()),
+        (FailureKind::Trap, Some("exit"))
+    );
+    assert!(f.message.contains("exited"), "message: {}", f.message);
+    assert!(i.handle(&record(3, "hello")).is_ok());
 }
 
 #[test]

@@ -125,7 +125,8 @@ impl fmt::Display for FailureKind {
 pub struct Failure {
     pub kind: FailureKind,
     pub message: String,
-    /// The wasm trap code (`unreachable`, `memory-out-of-bounds`...), for traps.
+    /// The wasm trap code (`unreachable`, `memory-out-of-bounds`...), `panic`
+    /// for a Rust panic or `exit` for a guest that exited, for traps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trap: Option<String>,
     /// Guest backtrace frames, innermost first.

@@ -254,26 +254,62 @@ fn classify(error: &wasmtime::Error, state: &mut HostState, plugin: &Plugin) -> 
         _ if state.limiter.denied || oom_in_stderr => FailureKind::OutOfMemory,
         _ => FailureKind::Trap,
     };
-    let message = match kind {
-        FailureKind::Timeout => format!(
-            "deadline of {} ms exceeded",
-            plugin.settings.limits.timeout_ms
+    // A guest that exits (WASI `exit`) while handling a record: the SDK's
+    // panic hook does, after printing the panic, so that a panic ends the
+    // call through the host rather than a trap instruction (whose signal
+    // costs several microseconds more, BENCHMARKS.md).
+    let exit = error
+        .downcast_ref::<wasmtime_wasi::I32Exit>()
+        .map(|exit| exit.0);
+    // A Rust panic's report, when the guest exited or aborted after one.
+    let panic = match (trap, exit) {
+        (Some(Trap::UnreachableCodeReached), _) | (None, Some(_)) => panic_message(&stderr),
+        _ => None,
+    };
+    let (code, message) = match kind {
+        FailureKind::Timeout => (
+            trap.map(trap_code),
+            format!(
+                "deadline of {} ms exceeded",
+                plugin.settings.limits.timeout_ms
+            ),
         ),
-        FailureKind::OutOfMemory => format!(
-            "memory cap of {} MiB reached ({})",
-            plugin.settings.limits.memory_mb,
-            root_message(error)
+        FailureKind::OutOfMemory => (
+            trap.map(trap_code),
+            format!(
+                "memory cap of {} MiB reached ({})",
+                plugin.settings.limits.memory_mb,
+                root_message(error)
+            ),
         ),
-        _ => root_message(error),
+        _ => match (panic, exit) {
+            (Some(report), _) => (Some("panic".to_owned()), report),
+            (None, Some(status)) => (
+                Some("exit".to_owned()),
+                format!("the plugin exited (status {status}) instead of returning"),
+            ),
+            (None, None) => (trap.map(trap_code), root_message(error)),
+        },
     };
     Failure {
         kind,
         message,
-        trap: trap.map(trap_code),
+        trap: code,
         backtrace,
         stderr,
         plugin: plugin.id.clone(),
     }
+}
+
+/// The Rust panic hook's report at the end of a guest's stderr, from the
+/// last `panicked at` on, on one line with its location (`panicked at
+/// src/lib.rs:12:5: message`), without std's hint about `RUST_BACKTRACE`.
+fn panic_message(stderr: &str) -> Option<String> {
+    let report = &stderr[stderr.rfind("panicked at ")?..];
+    let report = report
+        .split_once("\nnote: run with `RUST_BACKTRACE")
+        .map_or(report, |(report, _)| report);
+    Some(report.trim_end().replacen(":\n", ": ", 1))
 }
 
 fn root_message(error: &wasmtime::Error) -> String {

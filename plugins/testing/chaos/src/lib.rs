@@ -6,9 +6,12 @@
 //!
 //! | value               | behaviour                                                             | expected outcome                 |
 //! |---------------------|-----------------------------------------------------------------------|----------------------------------|
-//! | `panic`             | `panic!("chaos: panic on demand")`                                    | trap `unreachable`               |
-//! | `unwrap-none`       | `None::<u32>.unwrap()` (black-boxed)                                  | trap `unreachable`               |
-//! | `divide-by-zero`    | `black_box(1i32) / black_box(0i32)` (Rust panics first)               | trap `unreachable`               |
+//! | `panic`             | `panic!("chaos: panic on demand")`                                    | trap `panic`                     |
+//! | `unwrap-none`       | `None::<u32>.unwrap()` (black-boxed)                                  | trap `panic`                     |
+//! | `divide-by-zero`    | `black_box(1i32) / black_box(0i32)` (Rust panics first)               | trap `panic`                     |
+//! | `panic-unhooked`    | restores std's panic hook (no SDK hook), then panics                  | trap `panic` (through `unreachable`) |
+//! | `abort`             | `std::process::abort()`: no panic report                              | trap `unreachable`               |
+//! | `exit`              | `std::process::exit(3)` in the middle of a record                     | trap `exit`                      |
 //! | `oob`               | volatile `u64` read at `0xFFFF_FFF0`                                  | trap `memory-out-of-bounds`      |
 //! | `null-read`         | volatile `u64` read at address 0; one output, value = decimal read    | success (no null page in Wasm)   |
 //! | `loop`              | endless loop of volatile work                                         | `timeout`                        |
@@ -19,7 +22,7 @@
 //! | `retry`             | `Err(Failure::retry("chaos: dependency down"))`                       | retried, then `retries-exhausted`|
 //! | `reject`            | `Err(Failure::reject("chaos: invalid payload"))`                      | `rejected`                       |
 //! | `stdout-flood`      | 1,000,000 lines to stdout (panics if a write fails), then one output (the record echoed uppercased) | success |
-//! | `stderr-then-panic` | 100 lines `line N` to stderr, then `panic!("chaos: after stderr")`    | trap `unreachable`, stderr tail  |
+//! | `stderr-then-panic` | 100 lines `line N` to stderr, then `panic!("chaos: after stderr")`    | trap `panic`, stderr tail        |
 //! | `read-file`         | `fs::read_to_string("/etc/passwd")`; one output `denied: <error>` or `leaked: <first 20 chars>` | success (`denied: ...`) |
 //! | `read-env`          | counts env vars, reads `HOME`; one output `env: <count> <HOME or none>` | success (`env: 0 none`)        |
 //! | `log`               | logs one line at each level through the host, then passes through     | success                          |
@@ -49,6 +52,12 @@ impl Handler for Chaos {
         let command = msg.value_str().map(str::trim).unwrap_or_default();
         match command {
             "panic" => panic!("chaos: panic on demand"),
+            "panic-unhooked" => {
+                drop(std::panic::take_hook());
+                panic!("chaos: panic without the SDK's hook")
+            }
+            "abort" => std::process::abort(),
+            "exit" => std::process::exit(3),
             "unwrap-none" => {
                 let x: Option<u32> = black_box(None);
                 let n = x.unwrap();
@@ -150,7 +159,9 @@ impl Handler for Chaos {
 fn flaky_calls(msg: &Message) -> usize {
     use std::collections::HashMap;
     use std::sync::Mutex;
-    static CALLS: Mutex<Option<HashMap<(String, i32, i64), usize>>> = Mutex::new(None);
+    /// Calls per (topic, partition, offset).
+    type Calls = HashMap<(String, i32, i64), usize>;
+    static CALLS: Mutex<Option<Calls>> = Mutex::new(None);
     let mut calls = CALLS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);

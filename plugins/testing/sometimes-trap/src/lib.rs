@@ -1,5 +1,5 @@
 //! `sometimes-trap`: `passthrough`, except that a record whose value starts
-//! with `TRAP` unwraps a `None` (trap `unreachable`). The benchmark's
+//! with `TRAP` unwraps a `None` (trap `panic`). The benchmark's
 //! "1% trapping records" scenario.
 
 use sandpiper_sdk::{Failure, Handler, Message, Output};
