@@ -3,7 +3,7 @@
 //! xtask bench` installs it and passes its path in `SANDPIPER_TANSU`.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,8 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub fn start() -> anyhow::Result<Self> {
+    /// Starts a broker whose output goes to `log`.
+    pub fn start(log: &Path) -> anyhow::Result<Self> {
         let binary = std::env::var_os("SANDPIPER_TANSU")
             .map(PathBuf::from)
             .context("SANDPIPER_TANSU is not set: run the benchmark with `cargo xtask bench`, which installs the broker")?;
@@ -31,7 +32,10 @@ impl Broker {
             .args(["--storage-engine", "memory://tansu/"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::File::create(log)
+                    .with_context(|| format!("creating {}", log.display()))?,
+            )
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         let mut broker = Self {

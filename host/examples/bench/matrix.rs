@@ -133,14 +133,18 @@ pub struct Row {
 }
 
 pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
-    let broker = Broker::start()?;
-    let brokers = broker.brokers();
+    std::fs::create_dir_all(&plan.out)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let mut sizes: Vec<usize> = plan.configs.iter().map(|c| c.0).collect();
-    sizes.dedup();
-    for &size in &sizes {
+    let mut rows: Vec<Row> = Vec::new();
+    let mut run_id = 0;
+    for &(size, workers) in &plan.configs {
+        // A broker of its own per configuration: Tansu keeps every topic in
+        // memory, and a whole run's topics (gigabytes at 1 KB) once brought
+        // it down. Its log goes next to the results.
+        let broker = Broker::start(&plan.out.join(format!("tansu-{size}x{workers}.log")))?;
+        let brokers = broker.brokers();
         let n = plan.records(size);
         for trapping in [false, true] {
             let topic = input_topic(size, trapping);
@@ -166,11 +170,6 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
                 started.elapsed()
             );
         }
-    }
-
-    let mut rows: Vec<Row> = Vec::new();
-    let mut run_id = 0;
-    for &(size, workers) in &plan.configs {
         let records = plan.records(size);
         // Throughput in rounds that interleave the modes: the same run
         // moves by a third from one run to the next on this machine, so each
@@ -354,13 +353,12 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
             rounds.sort_by(|a, b| a.p99_us.total_cmp(&b.p99_us));
             row.latency = rounds.get(rounds.len().saturating_sub(1) / 2).cloned();
         }
+        // After each configuration, so a failure later keeps what is done.
+        std::fs::write(
+            plan.out.join("results.json"),
+            serde_json::to_string_pretty(&rows)?,
+        )?;
     }
-    drop(broker);
-    std::fs::create_dir_all(&plan.out)?;
-    std::fs::write(
-        plan.out.join("results.json"),
-        serde_json::to_string_pretty(&rows)?,
-    )?;
     Ok(rows)
 }
 
