@@ -76,7 +76,8 @@ pub fn runtime_bench() -> anyhow::Result<()> {
             value: Some(b"unwrap-none".to_vec()),
             ..record(0)
         };
-        let pairs: u64 = std::env::var("PAIRS")
+        // `SANDPIPER_BENCH_TRAPS=N`: more pairs, for profiling a trap.
+        let pairs: u64 = std::env::var("SANDPIPER_BENCH_TRAPS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(2_000);
