@@ -164,9 +164,12 @@ impl Instance {
             }),
             Err(error) => {
                 let mut failure = classify(&error, store.data_mut(), plugin);
-                // A guest that traps in its start function is the plugin's
-                // fault; anything else (the pool is full) is the host's.
-                if error.downcast_ref::<Trap>().is_none() {
+                // A guest that traps or exits in its start function is the
+                // plugin's fault; anything else (the pool is full) is the
+                // host's.
+                if error.downcast_ref::<Trap>().is_none()
+                    && error.downcast_ref::<wasmtime_wasi::I32Exit>().is_none()
+                {
                     failure.kind = FailureKind::InstantiateError;
                 }
                 Err(failure)

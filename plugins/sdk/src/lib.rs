@@ -63,6 +63,7 @@ pub mod __private {
             let report = std::panic::take_hook();
             std::panic::set_hook(Box::new(move |info| {
                 report(info);
+                // WASI 0.2 carries only failure: the host sees status 1.
                 std::process::exit(101);
             }));
         });
