@@ -79,6 +79,26 @@ impl Broker {
         }
         Ok(())
     }
+
+    /// Deletes a topic that is done with, so the broker (which keeps every
+    /// topic in memory and slows down as it fills) carries only what is
+    /// still in use. A failure is reported and otherwise ignored.
+    pub fn delete_topic(&self, name: &str) {
+        let out = Command::new(&self.binary)
+            .args(["topic", "delete", name])
+            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
+            .stdin(Stdio::null())
+            .output();
+        match out {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "bench: tansu topic delete {name} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!("bench: running tansu topic delete {name}: {e}"),
+        }
+    }
 }
 
 impl Drop for Broker {

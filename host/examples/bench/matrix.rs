@@ -192,6 +192,8 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
                 broker.create_topic(&spec.dead_letter, PARTITIONS)?;
                 let throughput: Throughput = child(&spec)?;
                 let tally = tally(&brokers, &spec, records)?;
+                broker.delete_topic(&spec.output);
+                broker.delete_topic(&spec.dead_letter);
                 eprintln!(
                     "bench: {size} B, {workers} worker(s), {} (round {}): {:.0} records/s, {:.2} µs CPU per record, peak RSS {} KiB; tally {tally:?}",
                     mode.label(),
@@ -393,7 +395,11 @@ fn latency_run(
     for t in [&spec.input, &spec.output, &spec.dead_letter] {
         broker.create_topic(t, PARTITIONS)?;
     }
-    child(&spec)
+    let latency = child(&spec);
+    for t in [&spec.input, &spec.output, &spec.dead_letter] {
+        broker.delete_topic(t);
+    }
+    latency
 }
 
 fn input_topic(size: usize, trapping: bool) -> String {
