@@ -209,10 +209,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
                         tally.missing
                     );
                 }
-                match rows
-                    .iter_mut()
-                    .find(|r| (r.size, r.workers, r.mode) == (size, workers, mode))
-                {
+                match row_mut(&mut rows, size, workers, mode) {
                     Some(row) => {
                         row.tally.add(&tally);
                         row.throughputs.push(throughput);
@@ -235,10 +232,8 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
             .iter_mut()
             .filter(|r| (r.size, r.workers) == (size, workers))
         {
-            let mut rounds = row.throughputs.clone();
-            rounds.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
-            if let Some(median) = rounds.get(rounds.len().saturating_sub(1) / 2) {
-                row.throughput = median.clone();
+            if let Some(median) = median_by(&row.throughputs, Throughput::rate) {
+                row.throughput = median;
             }
         }
         // The maximum rate with the load generated live. Draining a
@@ -253,6 +248,11 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
         // not, until they are within 15% or after `live_offers`. Its live
         // maximum is the highest offer it kept up with (or what it
         // completed last, if none).
+        // One fixed-rate run of `mode` on fresh topics.
+        let mut fixed_rate = |mode, rate, seconds| {
+            run_id += 1;
+            latency_run(&broker, plan, run_id, mode, (size, workers), rate, seconds)
+        };
         let mut references: Vec<Mode> = Vec::new();
         for mode in plan.modes.iter().map(|m| m.latency_rate_from()) {
             if !references.contains(&mode) {
@@ -264,20 +264,10 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
                 continue;
             };
             let (mut kept_up, mut fell_behind) = (0.0f64, f64::INFINITY);
-            let mut offered = base.throughput.records as f64 / base.throughput.seconds;
+            let mut offered = base.throughput.rate();
             let mut completed = offered;
             for _ in 0..plan.live_offers {
-                run_id += 1;
-                let live = latency_run(
-                    &broker,
-                    plan,
-                    run_id,
-                    mode,
-                    workers,
-                    size,
-                    offered as u64,
-                    plan.live_seconds,
-                )?;
+                let live = fixed_rate(mode, offered as u64, plan.live_seconds)?;
                 eprintln!(
                     "bench: {size} B, {workers} worker(s), {} offered {offered:.0} records/s live: completed {:.0} a second",
                     mode.label(),
@@ -299,10 +289,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
                 };
             }
             let maximum = if kept_up > 0.0 { kept_up } else { completed };
-            if let Some(row) = rows
-                .iter_mut()
-                .find(|r| (r.size, r.workers, r.mode) == (size, workers, mode))
-            {
+            if let Some(row) = row_mut(&mut rows, size, workers, mode) {
                 row.live_max = Some(maximum);
             }
         }
@@ -316,21 +303,9 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
                 else {
                     continue;
                 };
-                let maximum = base
-                    .live_max
-                    .unwrap_or(base.throughput.records as f64 / base.throughput.seconds);
+                let maximum = base.live_max.unwrap_or_else(|| base.throughput.rate());
                 let rate = plan.rate_override.unwrap_or((maximum / 2.0) as u64);
-                run_id += 1;
-                let latency = latency_run(
-                    &broker,
-                    plan,
-                    run_id,
-                    mode,
-                    workers,
-                    size,
-                    rate,
-                    plan.latency_seconds,
-                )?;
+                let latency = fixed_rate(mode, rate, plan.latency_seconds)?;
                 eprintln!(
                     "bench: {size} B, {workers} worker(s), {} at {rate} records/s: p50 {:.0} µs, p99 {:.0} µs ({} samples, {:.0} completed a second)",
                     mode.label(),
@@ -339,10 +314,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
                     latency.samples,
                     latency.achieved,
                 );
-                if let Some(row) = rows
-                    .iter_mut()
-                    .find(|r| (r.size, r.workers, r.mode) == (size, workers, mode))
-                {
+                if let Some(row) = row_mut(&mut rows, size, workers, mode) {
                     row.latencies.push(latency);
                 }
             }
@@ -351,9 +323,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
             .iter_mut()
             .filter(|r| (r.size, r.workers) == (size, workers))
         {
-            let mut rounds = row.latencies.clone();
-            rounds.sort_by(|a, b| a.p99_us.total_cmp(&b.p99_us));
-            row.latency = rounds.get(rounds.len().saturating_sub(1) / 2).cloned();
+            row.latency = median_by(&row.latencies, |l| l.p99_us);
         }
         // After each configuration, so a failure later keeps what is done.
         std::fs::write(
@@ -364,16 +334,29 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// The row of `mode` at (`size`, `workers`), to update.
+fn row_mut(rows: &mut [Row], size: usize, workers: usize, mode: Mode) -> Option<&mut Row> {
+    rows.iter_mut()
+        .find(|r| (r.size, r.workers, r.mode) == (size, workers, mode))
+}
+
+/// The median of `rounds` by `key` (the lower one of an even count).
+fn median_by<T: Clone>(rounds: &[T], key: impl Fn(&T) -> f64) -> Option<T> {
+    let mut sorted: Vec<&T> = rounds.iter().collect();
+    sorted.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    sorted
+        .get(sorted.len().saturating_sub(1) / 2)
+        .map(|&t| t.clone())
+}
+
 /// One fixed-rate run of `mode` on fresh topics: `rate` records a second
 /// for `seconds`.
-#[allow(clippy::too_many_arguments)]
 fn latency_run(
     broker: &Broker,
     plan: &Plan,
     run_id: usize,
     mode: Mode,
-    workers: usize,
-    size: usize,
+    (size, workers): (usize, usize),
     rate: u64,
     seconds: f64,
 ) -> anyhow::Result<Latency> {

@@ -9,7 +9,7 @@ use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 
 use crate::matrix::Row;
-use crate::scenario::Mode;
+use crate::scenario::{Mode, Throughput};
 
 fn rate(r: &Row) -> f64 {
     r.throughput.rate()
@@ -20,15 +20,17 @@ fn rate(r: &Row) -> f64 {
 fn rate_cell(r: &Row) -> String {
     let mut cell = format!("{:.0}", rate(r));
     if r.throughputs.len() > 1 {
-        let (lo, hi) = r
-            .throughputs
-            .iter()
-            .fold((f64::MAX, 0.0f64), |(lo, hi), t| {
-                (lo.min(t.rate()), hi.max(t.rate()))
-            });
+        let (lo, hi) = range(r.throughputs.iter().map(Throughput::rate));
         let _ = write!(cell, " ({:.0}k-{:.0}k)", lo / 1e3, hi / 1e3);
     }
     cell
+}
+
+/// The lowest and the highest of `values`.
+fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    })
 }
 
 fn cpu_us(r: &Row) -> f64 {
@@ -72,9 +74,7 @@ pub fn table(rows: &[Row]) -> String {
         let (rate_at, p50, p99) = r.latency.as_ref().map_or_else(Default::default, |l| {
             let mut p99 = format!("{:.1} ms", l.p99_us / 1000.0);
             if r.latencies.len() > 1 {
-                let (lo, hi) = r.latencies.iter().fold((f64::MAX, 0.0f64), |(lo, hi), l| {
-                    (lo.min(l.p99_us), hi.max(l.p99_us))
-                });
+                let (lo, hi) = range(r.latencies.iter().map(|l| l.p99_us));
                 let _ = write!(p99, " ({:.0}-{:.0})", lo / 1000.0, hi / 1000.0);
             }
             (
