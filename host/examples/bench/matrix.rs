@@ -40,7 +40,8 @@ pub struct Plan {
     pub out: PathBuf,
     /// The modes to run (all but when profiling one).
     pub modes: Vec<Mode>,
-    /// Overrides the latency runs' rate (profiling).
+    /// Overrides the latency runs' rate, and skips the live-maximum search
+    /// (profiling).
     pub rate_override: Option<u64>,
     /// Overrides `records` (profiling).
     pub records_override: Option<u64>,
@@ -258,6 +259,10 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
             if !references.contains(&mode) {
                 references.push(mode);
             }
+        }
+        // A rate given on the command line (profiling) needs no search.
+        if plan.rate_override.is_some() {
+            references.clear();
         }
         for mode in references {
             let Some(base) = report::find(&rows, size, workers, mode) else {

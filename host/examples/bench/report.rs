@@ -69,8 +69,13 @@ pub fn table(rows: &[Row]) -> String {
     );
     for r in rows {
         let base = find(rows, r.size, r.workers, r.mode.baseline());
-        let ratio =
-            |f: fn(&Row) -> f64| base.map_or(String::new(), |b| format!("{:.2}", f(r) / f(b)));
+        // A baseline of zero (a quick run's window too short to tick the
+        // CPU clock) has no ratio.
+        let ratio = |f: fn(&Row) -> f64| match base.map(f) {
+            Some(b) if b > 0.0 => format!("{:.2}", f(r) / b),
+            Some(_) => "n/a".to_owned(),
+            None => String::new(),
+        };
         let (rate_at, p50, p99) = r.latency.as_ref().map_or_else(Default::default, |l| {
             let mut p99 = format!("{:.1} ms", l.p99_us / 1000.0);
             if r.latencies.len() > 1 {

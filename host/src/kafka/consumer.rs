@@ -63,7 +63,10 @@ impl Consumer {
     pub fn split(&self, topic: &str, partition: i32) -> Option<PartitionQueue> {
         self.inner
             .split_partition_queue(topic, partition)
-            .map(|inner| PartitionQueue { inner })
+            .map(|inner| PartitionQueue {
+                inner,
+                deferred: None,
+            })
     }
 
     /// Marks everything before `offset + 1` as done: it will be committed.
@@ -115,6 +118,9 @@ impl Consumer {
 /// One partition's own queue of records (see [`Consumer::split`]).
 pub struct PartitionQueue {
     inner: StreamPartitionQueue<Context>,
+    /// An error that came after the first record of a batch: the next call
+    /// returns it, so it is reported, not dropped.
+    deferred: Option<KafkaError>,
 }
 
 impl std::fmt::Debug for PartitionQueue {
@@ -125,8 +131,12 @@ impl std::fmt::Debug for PartitionQueue {
 
 impl PartitionQueue {
     /// Waits for the next record, then takes what else is already fetched,
-    /// up to `max` in all, into `out`. Errors are transient.
-    pub async fn recv_many(&self, out: &mut Vec<Record>, max: usize) -> Result<(), KafkaError> {
+    /// up to `max` in all, into `out`. Errors are transient; one that
+    /// follows a record is returned by the next call.
+    pub async fn recv_many(&mut self, out: &mut Vec<Record>, max: usize) -> Result<(), KafkaError> {
+        if let Some(error) = self.deferred.take() {
+            return Err(error);
+        }
         let first = self.inner.recv().await?;
         out.push(to_record(&first));
         drop(first);
@@ -137,7 +147,11 @@ impl PartitionQueue {
                 std::future::poll_fn(|cx| std::task::Poll::Ready(next.as_mut().poll(cx))).await;
             match ready {
                 std::task::Poll::Ready(Ok(message)) => out.push(to_record(&message)),
-                std::task::Poll::Ready(Err(_)) | std::task::Poll::Pending => break,
+                std::task::Poll::Ready(Err(error)) => {
+                    self.deferred = Some(error);
+                    break;
+                }
+                std::task::Poll::Pending => break,
             }
         }
         Ok(())

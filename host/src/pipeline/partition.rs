@@ -58,7 +58,7 @@ pub(super) struct Partition {
 /// partition's prefetch) while the others go on.
 pub(super) async fn worker(
     part: Arc<Partition>,
-    queue: PartitionQueue,
+    mut queue: PartitionQueue,
     acks: mpsc::Sender<Pending>,
 ) {
     let shared = &part.shared;
