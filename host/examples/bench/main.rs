@@ -39,11 +39,17 @@ fn main() -> anyhow::Result<()> {
             scenario::run(&serde_json::from_str(spec)?)
         }
         Some("pipeline") | None => pipeline(args.get(1..).unwrap_or_default()),
+        // `report DIR [--docs]`: the table and plots again from a run's
+        // results.json (with `--docs`, into BENCHMARKS.md and docs/).
         Some("report") => {
             let dir = PathBuf::from(args.get(1).context("report DIR")?);
             let rows = matrix::load(&dir)?;
             report::plots(&rows, &dir)?;
-            print!("{}\n{}", report::table(&rows), report::targets(&rows));
+            let (table, targets) = (report::table(&rows), report::targets(&rows));
+            if args.iter().any(|a| a == "--docs") {
+                publish(&dir, &table, &targets)?;
+            }
+            print!("{table}\n{targets}");
             Ok(())
         }
         Some("runtime") => runtime::runtime_bench(),
@@ -121,12 +127,17 @@ fn pipeline(args: &[String]) -> anyhow::Result<()> {
         out.display()
     );
     if docs {
-        for plot in ["bench-throughput.png", "bench-latency.png"] {
-            std::fs::copy(out.join(plot), repo().join("docs").join(plot))?;
-        }
-        update_benchmarks_md(&table, &targets)?;
+        publish(&out, &table, &targets)?;
     }
     Ok(())
+}
+
+/// Copies the plots into `docs/` and the table into BENCHMARKS.md.
+fn publish(out: &Path, table: &str, targets: &str) -> anyhow::Result<()> {
+    for plot in ["bench-throughput.png", "bench-latency.png"] {
+        std::fs::copy(out.join(plot), repo().join("docs").join(plot))?;
+    }
+    update_benchmarks_md(table, targets)
 }
 
 const BEGIN: &str = "<!-- bench pipeline: begin -->";

@@ -34,7 +34,72 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
 }
 
 fn cpu_us(r: &Row) -> f64 {
-    r.throughput.cpu_seconds * 1e6 / r.throughput.records as f64
+    cpu_us_of(&r.throughput)
+}
+
+fn cpu_us_of(t: &Throughput) -> f64 {
+    t.cpu_seconds * 1e6 / t.records as f64
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// `f` of `r` against `f` of `base`: the median of the rounds' own ratios
+/// when both ran the same rounds. The rounds interleave the modes, so the
+/// two runs of one round are next to each other in time and a slow spell
+/// of the machine falls on both sides of its ratio; across rounds it
+/// moves every mode by a third. With one round, the ratio of the two.
+fn paired_ratio(r: &Row, base: &Row, f: fn(&Throughput) -> f64) -> f64 {
+    if r.throughputs.len() > 1 && r.throughputs.len() == base.throughputs.len() {
+        median(
+            r.throughputs
+                .iter()
+                .zip(&base.throughputs)
+                .map(|(a, b)| f(a) / f(b))
+                .collect(),
+        )
+    } else {
+        f(&r.throughput) / f(&base.throughput)
+    }
+}
+
+/// Whether `f` is positive in every round of `r`: a baseline of zero (a
+/// quick run's window too short to tick the CPU clock) has no ratio.
+fn all_positive(r: &Row, f: fn(&Throughput) -> f64) -> bool {
+    r.throughputs
+        .iter()
+        .chain([&r.throughput])
+        .all(|t| f(t) > 0.0)
+}
+
+/// Milliseconds `r`'s p99 adds to `base`'s at the same rate: the median of
+/// the rounds' own differences when both ran the same rounds (as for
+/// [`paired_ratio`]). `None` when they did not run at the same rate.
+fn added_p99_ms(r: &Row, base: &Row) -> Option<f64> {
+    let (l, b) = (r.latency.as_ref()?, base.latency.as_ref()?);
+    if l.rate != b.rate {
+        return None;
+    }
+    let ms = if r.latencies.len() > 1 && r.latencies.len() == base.latencies.len() {
+        median(
+            r.latencies
+                .iter()
+                .zip(&base.latencies)
+                .map(|(a, b)| a.p99_us - b.p99_us)
+                .collect(),
+        )
+    } else {
+        l.p99_us - b.p99_us
+    };
+    Some(ms / 1000.0)
 }
 
 /// The row of `mode` at (`size`, `workers`).
@@ -69,10 +134,8 @@ pub fn table(rows: &[Row]) -> String {
     );
     for r in rows {
         let base = find(rows, r.size, r.workers, r.mode.baseline());
-        // A baseline of zero (a quick run's window too short to tick the
-        // CPU clock) has no ratio.
-        let ratio = |f: fn(&Row) -> f64| match base.map(f) {
-            Some(b) if b > 0.0 => format!("{:.2}", f(r) / b),
+        let ratio = |f: fn(&Throughput) -> f64| match base {
+            Some(b) if all_positive(b, f) => format!("{:.2}", paired_ratio(r, b, f)),
             Some(_) => "n/a".to_owned(),
             None => String::new(),
         };
@@ -89,12 +152,9 @@ pub fn table(rows: &[Row]) -> String {
             )
         });
         // Added latency: against the native loop at the same rate.
-        let added = match (&r.latency, base.and_then(|b| b.latency.as_ref())) {
-            (Some(l), Some(b)) if l.rate == b.rate => {
-                format!("{:+.1} ms", (l.p99_us - b.p99_us) / 1000.0)
-            }
-            _ => "n/a".to_owned(),
-        };
+        let added = base
+            .and_then(|b| added_p99_ms(r, b))
+            .map_or_else(|| "n/a".to_owned(), |ms| format!("{ms:+.1} ms"));
         let _ = writeln!(
             t,
             "| {} B | {} | {} | {} | {:.1} | {} | {:.1} | {} | {} MiB | {rate_at} | {p50} | {p99} | {added} |",
@@ -103,9 +163,9 @@ pub fn table(rows: &[Row]) -> String {
             r.mode.label(),
             rate_cell(r),
             rate(r) * r.size as f64 / 1e6,
-            ratio(rate),
+            ratio(Throughput::rate),
             cpu_us(r),
-            ratio(cpu_us),
+            ratio(cpu_us_of),
             r.throughput.peak_rss_kib / 1024,
         );
     }
@@ -125,9 +185,9 @@ pub fn targets(rows: &[Row]) -> String {
             get(Mode::Traps),
         ) {
             let mark = |ok: bool| if ok { "met" } else { "**missed**" };
-            let reuse = rate(r) / rate(n);
-            let fresh = rate(f) / rate(n);
-            let drop = 1.0 - rate(x) / rate(r);
+            let reuse = paired_ratio(r, n, Throughput::rate);
+            let fresh = paired_ratio(f, n, Throughput::rate);
+            let drop = 1.0 - paired_ratio(x, r, Throughput::rate);
             let _ = writeln!(
                 t,
                 "- {label}: reuse {reuse:.2}× native (≥ 0.85: {}); fresh instance per record {fresh:.2}× (≥ 0.5: {}); 1% traps {:+.1}% throughput against reuse (at most 10% lower: {})",
@@ -136,15 +196,17 @@ pub fn targets(rows: &[Row]) -> String {
                 -drop * 100.0,
                 mark(drop <= 0.10),
             );
-            if let (Some(ln), Some(lr)) = (&n.latency, &r.latency) {
-                let added = (lr.p99_us - ln.p99_us) / 1000.0;
+            if let (Some(ln), Some(added)) = (&n.latency, added_p99_ms(r, n)) {
                 let _ = writeln!(
                     t,
-                    "  - at {} records/s (half reuse mode's live maximum, {:.0} records/s; its drain maximum {:.0}): reuse adds {added:+.1} ms to the native loop's p99, medians of {} rounds (≤ 1 ms: {})",
+                    "  - at {} records/s (half reuse mode's live maximum, {:.0} records/s; its drain maximum {:.0}): reuse adds {added:+.1} ms to the native loop's p99, {} (≤ 1 ms: {})",
                     ln.rate,
                     r.live_max.unwrap_or(f64::NAN),
                     rate(r),
-                    r.latencies.len(),
+                    match r.latencies.len() {
+                        n @ 2.. => format!("the median of {n} rounds"),
+                        _ => "one round".to_owned(),
+                    },
                     mark(added <= 1.0),
                 );
             }
