@@ -137,15 +137,16 @@ fn publish(out: &Path, table: &str, targets: &str) -> anyhow::Result<()> {
     for plot in ["bench-throughput.png", "bench-latency.png"] {
         std::fs::copy(out.join(plot), repo().join("docs").join(plot))?;
     }
-    update_benchmarks_md(table, targets)
+    update_benchmarks_md(out, table, targets)
 }
 
 const BEGIN: &str = "<!-- bench pipeline: begin -->";
 const END: &str = "<!-- bench pipeline: end -->";
 
 /// Replaces the generated part of BENCHMARKS.md (between the markers) with
-/// this run's table, its date and machine.
-fn update_benchmarks_md(table: &str, targets: &str) -> anyhow::Result<()> {
+/// the table of the run in `out`, its date (its results.json's, so that a
+/// run republished later keeps its own) and this machine.
+fn update_benchmarks_md(out: &Path, table: &str, targets: &str) -> anyhow::Result<()> {
     let path = repo().join("BENCHMARKS.md");
     let text = std::fs::read_to_string(&path)?;
     let (Some(a), Some(b)) = (text.find(BEGIN), text.find(END)) else {
@@ -160,6 +161,8 @@ fn update_benchmarks_md(table: &str, targets: &str) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let date = std::process::Command::new("date")
         .arg("-u")
+        .arg("-r")
+        .arg(out.join("results.json"))
         .arg("+%Y-%m-%d")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
