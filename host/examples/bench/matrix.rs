@@ -199,8 +199,8 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
                     "bench: {size} B, {workers} worker(s), {} (round {}): {:.0} records/s, {:.2} µs CPU per record, peak RSS {} KiB; tally {tally:?}",
                     mode.label(),
                     round + 1,
-                    throughput.records as f64 / throughput.seconds,
-                    throughput.cpu_seconds * 1e6 / throughput.records as f64,
+                    throughput.rate(),
+                    throughput.cpu_us(),
                     throughput.peak_rss_kib,
                 );
                 if tally.missing > 0 {
@@ -346,7 +346,7 @@ fn row_mut(rows: &mut [Row], size: usize, workers: usize, mode: Mode) -> Option<
 }
 
 /// The median of `rounds` by `key` (the lower one of an even count).
-fn median_by<T: Clone>(rounds: &[T], key: impl Fn(&T) -> f64) -> Option<T> {
+pub fn median_by<T: Clone>(rounds: &[T], key: impl Fn(&T) -> f64) -> Option<T> {
     let mut sorted: Vec<&T> = rounds.iter().collect();
     sorted.sort_by(|a, b| key(a).total_cmp(&key(b)));
     sorted

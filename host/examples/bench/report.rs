@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 
-use crate::matrix::Row;
+use crate::matrix::{Row, median_by};
 use crate::scenario::{Mode, Throughput};
 
 fn rate(r: &Row) -> f64 {
@@ -34,22 +34,12 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
 }
 
 fn cpu_us(r: &Row) -> f64 {
-    cpu_us_of(&r.throughput)
+    r.throughput.cpu_us()
 }
 
-fn cpu_us_of(t: &Throughput) -> f64 {
-    t.cpu_seconds * 1e6 / t.records as f64
-}
-
-/// The median of `values` (the mean of the middle two for an even count).
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => values[n / 2],
-        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
+/// The median of `values` (the lower one of an even count, as for rounds).
+fn median(values: &[f64]) -> f64 {
+    median_by(values, |v| *v).unwrap_or(f64::NAN)
 }
 
 /// `f` of `r` against `f` of `base`: the median of the rounds' own ratios
@@ -60,11 +50,11 @@ fn median(mut values: Vec<f64>) -> f64 {
 fn paired_ratio(r: &Row, base: &Row, f: fn(&Throughput) -> f64) -> f64 {
     if r.throughputs.len() > 1 && r.throughputs.len() == base.throughputs.len() {
         median(
-            r.throughputs
+            &r.throughputs
                 .iter()
                 .zip(&base.throughputs)
                 .map(|(a, b)| f(a) / f(b))
-                .collect(),
+                .collect::<Vec<_>>(),
         )
     } else {
         f(&r.throughput) / f(&base.throughput)
@@ -90,11 +80,11 @@ fn added_p99_ms(r: &Row, base: &Row) -> Option<f64> {
     }
     let ms = if r.latencies.len() > 1 && r.latencies.len() == base.latencies.len() {
         median(
-            r.latencies
+            &r.latencies
                 .iter()
                 .zip(&base.latencies)
                 .map(|(a, b)| a.p99_us - b.p99_us)
-                .collect(),
+                .collect::<Vec<_>>(),
         )
     } else {
         l.p99_us - b.p99_us
@@ -165,7 +155,7 @@ pub fn table(rows: &[Row]) -> String {
             rate(r) * r.size as f64 / 1e6,
             ratio(Throughput::rate),
             cpu_us(r),
-            ratio(cpu_us_of),
+            ratio(Throughput::cpu_us),
             r.throughput.peak_rss_kib / 1024,
         );
     }

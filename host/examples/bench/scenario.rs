@@ -176,6 +176,11 @@ impl Throughput {
     pub fn rate(&self) -> f64 {
         self.records as f64 / self.seconds
     }
+
+    /// CPU microseconds per record.
+    pub fn cpu_us(&self) -> f64 {
+        self.cpu_seconds * 1e6 / self.records as f64
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -269,30 +269,34 @@ fn classify(error: &wasmtime::Error, state: &mut HostState, plugin: &Plugin) -> 
         (Some(Trap::UnreachableCodeReached), _) | (None, Some(_)) => panic_message(&stderr),
         _ => None,
     };
-    let (code, message) = match kind {
-        FailureKind::Timeout => (
+    // What the guest did, where that says more than the trap: a Rust panic
+    // (its report) or an exit.
+    let named = match (kind, panic, exit) {
+        (FailureKind::Timeout | FailureKind::OutOfMemory, ..) => None,
+        (_, Some(report), _) => Some(("panic", report)),
+        (_, None, Some(status)) => Some((
+            "exit",
+            format!("the plugin exited (status {status}) instead of returning"),
+        )),
+        (_, None, None) => None,
+    };
+    let (code, message) = match named {
+        Some((code, message)) => (Some(code.to_owned()), message),
+        None => (
             trap.map(trap_code),
-            format!(
-                "deadline of {} ms exceeded",
-                plugin.settings.limits.timeout_ms
-            ),
+            match kind {
+                FailureKind::Timeout => format!(
+                    "deadline of {} ms exceeded",
+                    plugin.settings.limits.timeout_ms
+                ),
+                FailureKind::OutOfMemory => format!(
+                    "memory cap of {} MiB reached ({})",
+                    plugin.settings.limits.memory_mb,
+                    root_message(error)
+                ),
+                _ => root_message(error),
+            },
         ),
-        FailureKind::OutOfMemory => (
-            trap.map(trap_code),
-            format!(
-                "memory cap of {} MiB reached ({})",
-                plugin.settings.limits.memory_mb,
-                root_message(error)
-            ),
-        ),
-        _ => match (panic, exit) {
-            (Some(report), _) => (Some("panic".to_owned()), report),
-            (None, Some(status)) => (
-                Some("exit".to_owned()),
-                format!("the plugin exited (status {status}) instead of returning"),
-            ),
-            (None, None) => (trap.map(trap_code), root_message(error)),
-        },
     };
     Failure {
         kind,
