@@ -52,6 +52,7 @@ impl Native {
         for (k, v) in CONSUMER_PROPERTIES {
             config.set(*k, *v);
         }
+        config.set("fetch.wait.max.ms", spec.phase.fetch_wait_ms());
         let consumer: Arc<StreamConsumer> = Arc::new(
             config
                 .set("group.id", &spec.group)

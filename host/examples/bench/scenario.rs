@@ -10,7 +10,7 @@
 //!   and records `received - sent` (the same clock on both ends).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,8 +25,9 @@ use serde::{Deserialize, Serialize};
 use crate::native::{Native, Transform};
 
 /// librdkafka settings both contenders run with: Sandpiper's own defaults
-/// (`host/src/kafka/mod.rs`), a short fetch wait, and short group timeouts: Tansu holds a
-/// join for the whole rebalance timeout (23 s at the defaults, 3 s here).
+/// (`host/src/kafka/mod.rs`) and short group timeouts: Tansu holds a join
+/// for the whole rebalance timeout (23 s at the defaults, 3 s here). The
+/// fetch wait depends on the broker: see [`Phase::fetch_wait_ms`].
 /// The `queued.*` prefetch bounds are the native loop's only: its one
 /// queue holds every partition's records (16 MiB in all), where Sandpiper
 /// gives each partition a queue with its own, smaller, bounds.
@@ -39,9 +40,6 @@ pub const CONSUMER_PROPERTIES: &[(&str, &str)] = &[
     ("auto.commit.interval.ms", "1000"),
     ("session.timeout.ms", "6000"),
     ("max.poll.interval.ms", "6000"),
-    // Tansu answers a fetch with no new data only when its wait is over;
-    // at librdkafka's default (500 ms) that wait is most of any latency.
-    ("fetch.wait.max.ms", "10"),
 ];
 pub const PRODUCER_PROPERTIES: &[(&str, &str)] = &[
     ("linger.ms", "5"),
@@ -141,12 +139,35 @@ impl Mode {
 pub enum Phase {
     /// Drain `records` preloaded records.
     Throughput { records: u64 },
-    /// Send `rate` records a second for `seconds`, `size` bytes each.
+    /// Send `rate` records a second for `seconds`, `size` bytes each, on
+    /// librdkafka's mock cluster (see `matrix::latency_run`).
     Latency {
         rate: u64,
         seconds: f64,
         size: usize,
+        /// Finding a live maximum: only the completion rate counts, and
+        /// outputs may be missing (see `latency`).
+        #[serde(default)]
+        search: bool,
     },
+}
+
+impl Phase {
+    /// `fetch.wait.max.ms` for every consumer of the run, by broker. Both
+    /// brokers answer a fetch that finds no data only when its wait is
+    /// over, where Kafka answers as soon as data arrives. Tansu (the
+    /// throughput runs) even holds a fetch that found data for the whole
+    /// wait (its `fetch.rs` sleeps out the wait either way): at
+    /// librdkafka's default of 500 ms that was most of any run's time, and
+    /// 1 ms swamped it with fetches. The mock cluster (the fixed-rate runs)
+    /// answers at once when there is data; a 1 ms wait makes it answer
+    /// new data within a millisecond, as Kafka would.
+    pub fn fetch_wait_ms(&self) -> &'static str {
+        match self {
+            Self::Throughput { .. } => "10",
+            Self::Latency { .. } => "1",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -194,6 +215,9 @@ pub struct Latency {
     /// `rate` when it could not keep up.
     #[serde(default)]
     pub achieved: f64,
+    /// Outputs that never arrived: none, but in a search (see `latency`).
+    #[serde(default)]
+    pub missing: usize,
 }
 
 /// A JSON order of `size` bytes (the `json-transform` plugin's input).
@@ -290,9 +314,11 @@ impl Contender {
         };
         // Sandpiper's own prefetch defaults (per partition queue) stand;
         // the native loop's one queue gets librdkafka's classic ones.
+        let fetch_wait = ("fetch.wait.max.ms", spec.phase.fetch_wait_ms());
         let consumer_properties: String = CONSUMER_PROPERTIES
             .iter()
             .filter(|(k, _)| !k.starts_with("queued."))
+            .chain([&fetch_wait])
             .map(|(k, v)| format!("\"{k}\" = \"{v}\"\n"))
             .collect();
         let text = format!(
@@ -369,7 +395,8 @@ pub fn run(spec: &Spec) -> anyhow::Result<()> {
             rate,
             seconds,
             size,
-        } => serde_json::to_string(&rt.block_on(latency(spec, rate, seconds, size))?)?,
+            search,
+        } => serde_json::to_string(&rt.block_on(latency(spec, rate, seconds, size, search))?)?,
     };
     println!("{line}");
     // The contender is stopped; librdkafka's clients are gone. Leave
@@ -415,14 +442,25 @@ fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-async fn latency(spec: &Spec, rate: u64, seconds: f64, size: usize) -> anyhow::Result<Latency> {
+async fn latency(
+    spec: &Spec,
+    rate: u64,
+    seconds: f64,
+    size: usize,
+    search: bool,
+) -> anyhow::Result<Latency> {
     // The reader first, at the start of the (empty) output topic.
     let stop = Arc::new(AtomicBool::new(false));
     let samples = Arc::new(Mutex::new(Vec::<(u64, u64)>::new()));
+    // Bit `p` set: the warm-up record sent to partition `p` came out.
+    let warmed = Arc::new(AtomicU32::new(0));
     let reader = {
         let (brokers, output) = (spec.brokers.clone(), spec.output.clone());
-        let (stop, samples) = (stop.clone(), samples.clone());
-        std::thread::spawn(move || read_latencies(&brokers, &output, &stop, &samples))
+        let (stop, samples, warmed) = (stop.clone(), samples.clone(), warmed.clone());
+        let fetch_wait_ms = spec.phase.fetch_wait_ms();
+        std::thread::spawn(move || {
+            read_latencies(&brokers, &output, fetch_wait_ms, &stop, &samples, &warmed)
+        })
     };
     let contender = Contender::start(spec).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -435,12 +473,24 @@ async fn latency(spec: &Spec, rate: u64, seconds: f64, size: usize) -> anyhow::R
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let total = (rate as f64 * seconds) as u64;
+    let loading = Arc::new(AtomicBool::new(false));
     let sender = {
         let (brokers, input, traps) = (spec.brokers.clone(), spec.input.clone(), spec.mode.traps());
+        let (warmed, loading) = (warmed.clone(), loading.clone());
         tokio::task::spawn_blocking(move || {
-            send_at_rate(&brokers, &input, rate, total, size, traps)
+            let producer: BaseProducer = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("linger.ms", "1")
+                .set("enable.idempotence", "true")
+                .create()?;
+            warm_up(&producer, &input, size, &warmed)?;
+            loading.store(true, Ordering::Relaxed);
+            send_at_rate(&producer, &input, rate, total, size, traps)
         })
     };
+    while !loading.load(Ordering::Relaxed) && !sender.is_finished() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     // The contender's completion rate while the load is sent, after the
     // warm-up fifth (the same window as the latency samples).
     let sending = Instant::now();
@@ -459,21 +509,50 @@ async fn latency(spec: &Spec, rate: u64, seconds: f64, size: usize) -> anyhow::R
     let expected = (0..sent)
         .filter(|&i| !(spec.mode.traps() && traps(i)))
         .count();
+    // Wait for every output (each sequence number once; at-least-once may
+    // repeat some). A search only needs the completion rate above, and
+    // the mock cluster keeps about 5 MiB per partition: an offer the
+    // contender fell far behind on can lose records to it. So a search
+    // waits only while outputs still arrive.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while samples.lock().map_or(0, |s| s.len()) < expected && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let (mut arrived, mut last_change) = (0, Instant::now());
+    while Instant::now() < deadline {
+        // Sorted outside the lock: the reader is still timing arrivals.
+        let now = samples
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .len();
+        if now >= expected {
+            let copy = samples
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .clone();
+            if first_arrivals(&copy).len() >= expected {
+                break;
+            }
+        }
+        if search && now == arrived && last_change.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        if now != arrived {
+            (arrived, last_change) = (now, Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.store(true, Ordering::Relaxed);
     reader
         .join()
         .map_err(|_| anyhow::anyhow!("reader panicked"))??;
     contender.stop().await;
-    let samples = samples.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-    if samples.len() < expected {
+    let samples = first_arrivals(&samples.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    let missing = (0..sent)
+        .filter(|&i| !(spec.mode.traps() && traps(i)))
+        .filter(|i| samples.binary_search_by_key(i, |&(seq, _)| seq).is_err())
+        .count();
+    if missing > 0 && !search {
         bail!(
-            "{:?}: {} of {expected} outputs arrived within 60 s",
+            "{:?}: {missing} of {expected} outputs missing after 60 s",
             spec.mode,
-            samples.len()
         );
     }
     // The first fifth warms the path up (connections, instances, batches).
@@ -484,8 +563,8 @@ async fn latency(spec: &Spec, rate: u64, seconds: f64, size: usize) -> anyhow::R
         .collect();
     steady.sort_unstable();
     let pct = |p: f64| {
-        let i = ((p * steady.len() as f64).ceil() as usize).clamp(1, steady.len()) - 1;
-        steady[i] as f64 / 1000.0
+        let i = ((p * steady.len() as f64).ceil() as usize).max(1) - 1;
+        steady.get(i).map_or(f64::NAN, |&ns| ns as f64 / 1000.0)
     };
     Ok(Latency {
         rate,
@@ -493,23 +572,66 @@ async fn latency(spec: &Spec, rate: u64, seconds: f64, size: usize) -> anyhow::R
         p50_us: pct(0.50),
         p99_us: pct(0.99),
         achieved,
+        missing,
     })
+}
+
+/// Each sequence number's first arrival, by sequence number.
+fn first_arrivals(samples: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut first = samples.to_vec();
+    // Stable: a repeated sequence number keeps its first arrival.
+    first.sort_by_key(|&(seq, _)| seq);
+    first.dedup_by_key(|&mut (seq, _)| seq);
+    first
+}
+
+/// Sends a record to each partition (keys `warm-P`) and waits until the
+/// reader has seen each one's output: the timed load starts once the whole
+/// path is live. Before this, the first records of a run waited for
+/// connections, metadata and group joins (p99 of 300 ms in short runs),
+/// and the backlog they left could outgrow the mock cluster's retention.
+fn warm_up(
+    producer: &BaseProducer,
+    topic: &str,
+    size: usize,
+    warmed: &AtomicU32,
+) -> anyhow::Result<()> {
+    let value = order(0, size);
+    for p in 0..PARTITIONS {
+        let key = format!("warm-{p}");
+        producer
+            .send(
+                BaseRecord::<[u8], [u8]>::to(topic)
+                    .partition(p)
+                    .key(key.as_bytes())
+                    .payload(&value),
+            )
+            .map_err(|(e, _)| e)
+            .context("sending a warm-up record")?;
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .context("flushing the warm-up records")?;
+    let all = (1u32 << PARTITIONS) - 1;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while warmed.load(Ordering::Relaxed) != all {
+        if Instant::now() > deadline {
+            bail!("the warm-up records did not come out within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
 }
 
 /// Sends `total` records at `rate` a second; keys `SEQ:SENT_NS`.
 fn send_at_rate(
-    brokers: &str,
+    producer: &BaseProducer,
     topic: &str,
     rate: u64,
     total: u64,
     size: usize,
     with_traps: bool,
 ) -> anyhow::Result<u64> {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "1")
-        .set("enable.idempotence", "true")
-        .create()?;
     let values: Vec<Vec<u8>> = (0..1000).map(|i| order(i, size)).collect();
     let trap = poison(size);
     let started = Instant::now();
@@ -548,14 +670,16 @@ fn send_at_rate(
 fn read_latencies(
     brokers: &str,
     topic: &str,
+    fetch_wait_ms: &str,
     stop: &AtomicBool,
     samples: &Mutex<Vec<(u64, u64)>>,
+    warmed: &AtomicU32,
 ) -> anyhow::Result<()> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "bench-latency-reader")
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "5")
+        .set("fetch.wait.max.ms", fetch_wait_ms)
         .create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
@@ -569,7 +693,12 @@ fn read_latencies(
         let received = now_ns();
         let m = m?;
         let key = std::str::from_utf8(m.key().unwrap_or_default()).unwrap_or_default();
-        if let Some((seq, sent)) = key.split_once(':')
+        if let Some(p) = key
+            .strip_prefix("warm-")
+            .and_then(|p| p.parse::<u32>().ok())
+        {
+            warmed.fetch_or(1 << p, Ordering::Relaxed);
+        } else if let Some((seq, sent)) = key.split_once(':')
             && let (Ok(seq), Ok(sent)) = (seq.parse::<u64>(), sent.parse::<u64>())
         {
             samples
