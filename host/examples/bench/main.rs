@@ -1,12 +1,15 @@
 //! Benchmarks behind BENCHMARKS.md; run them with `cargo xtask bench`.
 //!
 //! - `pipeline [--quick] [--docs] [--out DIR]`: the native rust-rdkafka
-//!   loop and Sandpiper side by side on one Tansu broker (`matrix`): every
-//!   scenario at 100 B and 1 KB records, 1 and 2 workers; throughput, MB/s,
-//!   CPU per record, peak RSS, and p50/p99 latency at half the native
-//!   maximum rate; a table, the targets and plots. `--quick` is CI's small
-//!   variant; `--docs` writes the plots into `docs/` and the table into
-//!   BENCHMARKS.md.
+//!   loop and Sandpiper side by side (`matrix`): every scenario at 100 B
+//!   and 1 KB records, 1 and 2 workers; throughput, MB/s, CPU per record
+//!   and peak RSS draining one Tansu broker, and p50/p99 latency at half a
+//!   live maximum rate on librdkafka's mock cluster; a table, the targets
+//!   and plots. `--quick` is CI's small variant; `--docs` writes the plots
+//!   into `docs/` and the table into BENCHMARKS.md. Diagnostics:
+//!   `SANDPIPER_BENCH_PERF=DIR` (see `matrix::child`) and
+//!   `SANDPIPER_BENCH_SAMPLES=DIR` (every latency sample of a fixed-rate
+//!   run, see `scenario::latency`).
 //! - `report DIR`: redraws the table and plots from a run's results.json.
 //! - `runtime`, `per-record`, `swap`: the runtime without Kafka, and the
 //!   pause of a hot swap (`runtime`).

@@ -1,5 +1,6 @@
 //! `bench pipeline`: the native loop and Sandpiper side by side, in one
-//! invocation, on one Tansu broker, over the same preloaded records.
+//! invocation: draining the same preloaded records from one Tansu broker,
+//! and at fixed rates on librdkafka's mock cluster (see `latency_run`).
 //!
 //! For each record size and worker count: every [`Mode`] drains the same
 //! preloaded input (throughput, CPU, peak RSS; then a tally of its outputs
@@ -244,11 +245,12 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
         // (the native loop's own p99 reached seconds). So each mode whose
         // maximum sets a latency rate (see `latency_rate_from`) is offered
         // load by a producer in its own process, with the reader running:
-        // first its drain maximum, then, while it has kept up with no
-        // offer (completed 95% of it), what it completed or half the
-        // offer, whichever is more (an offer far beyond the maximum can
-        // lose records to the mock cluster's retention, and stall the
-        // contender on resetting its offsets); then halfway
+        // first its drain maximum; while it keeps up with every offer
+        // (completes 95% of it), half as much again; while it has kept up
+        // with no offer, what it completed or half the offer, whichever is
+        // more (an offer far beyond the maximum can lose records to the
+        // mock cluster's retention, and stall the contender on resetting
+        // its offsets); then halfway
         // between the highest offer it kept up with and the lowest it did
         // not, until they are within 15% or after `live_offers`. Its live
         // maximum is the highest offer it kept up with (or what it
@@ -288,10 +290,15 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
                 } else {
                     fell_behind = offered;
                 }
-                if fell_behind.is_infinite() || fell_behind - kept_up < 0.15 * kept_up {
+                if fell_behind.is_finite() && fell_behind - kept_up < 0.15 * kept_up {
                     break;
                 }
-                offered = if kept_up > 0.0 {
+                offered = if fell_behind.is_infinite() {
+                    // Kept up with all it was offered: the live maximum can
+                    // be above the drain maximum (the mock cluster is not
+                    // the drain's broker), so look higher.
+                    offered * 1.5
+                } else if kept_up > 0.0 {
                     (kept_up + fell_behind) / 2.0
                 } else {
                     completed.max(offered / 2.0)

@@ -555,6 +555,20 @@ async fn latency(
             spec.mode,
         );
     }
+    // `SANDPIPER_BENCH_SAMPLES=DIR`: every first arrival as `seq ns` lines
+    // (DIR/<mode>-<rate>.txt), to see when the slow ones came.
+    if let Some(dir) = std::env::var_os("SANDPIPER_BENCH_SAMPLES") {
+        let path = std::path::Path::new(&dir).join(format!(
+            "{}-{rate}-{}.txt",
+            spec.mode.short(),
+            std::process::id()
+        ));
+        let text: String = samples
+            .iter()
+            .map(|(seq, ns)| format!("{seq} {ns}\n"))
+            .collect();
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
     // The first fifth warms the path up (connections, instances, batches).
     let mut steady: Vec<u64> = samples
         .iter()
