@@ -5,9 +5,10 @@
 //! - Throughput: drain a preloaded input topic; time and CPU are taken from
 //!   the first acknowledged record to the last, so group joining and plugin
 //!   compilation are outside the figure.
-//! - Latency: a producer in this process sends at a fixed rate, keys
-//!   carrying the send time; a reader in this process receives the outputs
-//!   and records `received - sent` (the same clock on both ends).
+//! - Latency: once a warm-up record per partition has come out, a producer
+//!   in this process sends at a fixed rate, keys carrying the send time; a
+//!   reader in this process receives the outputs and records
+//!   `received - sent` (the same clock on both ends).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -556,7 +557,7 @@ async fn latency(
         );
     }
     // `SANDPIPER_BENCH_SAMPLES=DIR`: every first arrival as `seq ns` lines
-    // (DIR/<mode>-<rate>.txt), to see when the slow ones came.
+    // (DIR/<mode>-<rate>-<pid>.txt), to see when the slow ones came.
     if let Some(dir) = std::env::var_os("SANDPIPER_BENCH_SAMPLES") {
         let path = std::path::Path::new(&dir).join(format!(
             "{}-{rate}-{}.txt",
@@ -578,7 +579,8 @@ async fn latency(
     steady.sort_unstable();
     let pct = |p: f64| {
         let i = ((p * steady.len() as f64).ceil() as usize).max(1) - 1;
-        steady.get(i).map_or(f64::NAN, |&ns| ns as f64 / 1000.0)
+        // None only in a search that lost every output (JSON has no NaN).
+        steady.get(i).map_or(0.0, |&ns| ns as f64 / 1000.0)
     };
     Ok(Latency {
         rate,
