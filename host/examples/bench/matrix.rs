@@ -250,11 +250,10 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
         // with no offer, what it completed or half the offer, whichever is
         // more (an offer far beyond the maximum can lose records to the
         // mock cluster's retention, and stall the contender on resetting
-        // its offsets); then halfway
-        // between the highest offer it kept up with and the lowest it did
-        // not, until they are within 15% or after `live_offers`. Its live
-        // maximum is the highest offer it kept up with (or what it
-        // completed last, if none).
+        // its offsets); then halfway between the highest offer it kept up
+        // with and the lowest it did not, until they are within 15% or
+        // after `live_offers`. Its live maximum is the highest offer it
+        // kept up with (or what it completed last, if none).
         // One fixed-rate run of `mode` on a mock cluster of its own.
         let mut fixed_rate = |mode, rate, seconds, search| {
             run_id += 1;
