@@ -66,6 +66,33 @@ fn a_panic_is_a_trap_with_its_report_as_the_message() {
 }
 
 #[test]
+fn a_panics_backtrace_starts_where_it_panicked_with_readable_names() {
+    let mut i = chaos(Limits::default());
+    let f = fails(i.handle(&record(0, "unwrap-none")));
+    assert_eq!(f.trap.as_deref(), Some("panic"));
+    // Innermost first: the failed unwrap, then the plugin's own code; not
+    // the panic runtime, the SDK's hook or its exit below them.
+    assert_eq!(
+        f.backtrace.first().map(String::as_str),
+        Some("chaos.wasm!core::option::unwrap_failed"),
+        "{:#?}",
+        f.backtrace
+    );
+    assert!(f.backtrace.len() >= 2, "{:#?}", f.backtrace);
+    for frame in &f.backtrace {
+        assert!(
+            frame.starts_with("chaos.wasm!")
+                && !frame.contains("panicking")
+                && !frame.contains("exit")
+                && !frame.contains("!_R")
+                && !frame.contains("!_ZN"),
+            "{frame} in {:#?}",
+            f.backtrace
+        );
+    }
+}
+
+#[test]
 fn a_panic_without_the_sdk_hook_an_abort_and_an_exit_are_traps_named_for_what_they_are() {
     let mut i = chaos(Limits::default());
     // Left to abort, a panic is a wasm `unreachable` trap; its report in

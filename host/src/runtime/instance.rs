@@ -5,6 +5,7 @@
 //! partition worker. It must never let a guest fault escape as a panic or an
 //! error: every path ends in outputs or a typed [`Failure`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,8 @@ pub struct Instance {
     live: Option<Live>,
     /// Instantiations so far (for metrics and tests).
     instantiations: u64,
+    /// Demangled guest function names, kept across instances.
+    names: FrameNames,
 }
 
 impl std::fmt::Debug for Instance {
@@ -47,6 +50,7 @@ impl Instance {
             plugin,
             live: None,
             instantiations: 0,
+            names: FrameNames::default(),
         }
     }
 
@@ -121,7 +125,7 @@ impl Instance {
             }
             Err(error) => {
                 // A trap poisons the store: this instance is never used again.
-                let failure = classify(&error, state, plugin);
+                let failure = classify(&error, state, plugin, &mut self.names);
                 return Err(failure);
             }
         };
@@ -163,7 +167,7 @@ impl Instance {
                 records: 0,
             }),
             Err(error) => {
-                let mut failure = classify(&error, store.data_mut(), plugin);
+                let mut failure = classify(&error, store.data_mut(), plugin, &mut self.names);
                 // A guest that traps or exits in its start function is the
                 // plugin's fault; anything else (the pool is full) is the
                 // host's.
@@ -228,26 +232,17 @@ fn check_outputs(
 }
 
 /// Turns a wasmtime error from a call into a typed failure.
-fn classify(error: &wasmtime::Error, state: &mut HostState, plugin: &Plugin) -> Failure {
+fn classify(
+    error: &wasmtime::Error,
+    state: &mut HostState,
+    plugin: &Plugin,
+    names: &mut FrameNames,
+) -> Failure {
     let trap = error.downcast_ref::<Trap>().copied();
     let stderr = state.stdio.take();
     let backtrace = error
         .downcast_ref::<WasmBacktrace>()
-        .map(|bt| {
-            bt.frames()
-                .iter()
-                .map(|frame| {
-                    let func = frame.func_name().map_or_else(
-                        || format!("<wasm function {}>", frame.func_index()),
-                        str::to_owned,
-                    );
-                    match frame.module().name() {
-                        Some(module) => format!("{module}!{func}"),
-                        None => func,
-                    }
-                })
-                .collect()
-        })
+        .map(|backtrace| guest_frames(backtrace, names))
         .unwrap_or_default();
     // A Rust guest whose allocation fails prints this and aborts.
     let oom_in_stderr = stderr.contains("memory allocation of") && stderr.contains("failed");
@@ -306,6 +301,77 @@ fn classify(error: &wasmtime::Error, state: &mut HostState, plugin: &Plugin) -> 
         stderr,
         plugin: plugin.id.clone(),
     }
+}
+
+/// A trap's guest frames, innermost first, as `module!function` with Rust
+/// names demangled. After a Rust panic they start at the frame that
+/// panicked (`core::option::unwrap_failed`, say, then the plugin's own
+/// code): the panic runtime's frames, the SDK's hook and its exit below it
+/// say nothing about the plugin and were most of a dead letter's bytes.
+fn guest_frames(backtrace: &WasmBacktrace, names: &mut FrameNames) -> Vec<String> {
+    let frames = backtrace.frames();
+    let start = frames
+        .iter()
+        .rposition(|frame| frame.func_name().is_some_and(|raw| names.get(raw).1))
+        .map_or(0, |last| last + 1);
+    // A panic raised in the outermost frame: keep everything.
+    let start = if start == frames.len() { 0 } else { start };
+    frames[start..]
+        .iter()
+        .map(|frame| {
+            let func = match frame.func_name() {
+                Some(raw) => names.get(raw).0,
+                None => return format!("<wasm function {}>", frame.func_index()),
+            };
+            match frame.module().name() {
+                Some(module) => format!("{module}!{func}"),
+                None => func.to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// Guest function names demangled, and whether each is part of the panic
+/// runtime, by raw name: a plugin's traps repeat the same frames, and
+/// demangling them all anew cost about a microsecond per trap.
+#[derive(Debug, Default)]
+struct FrameNames(HashMap<String, (String, bool)>);
+
+impl FrameNames {
+    /// Names a plugin's traps can show are bounded by its functions; this
+    /// bounds what a huge module's could cost.
+    const MAX: usize = 4096;
+
+    fn get(&mut self, raw: &str) -> (&str, bool) {
+        if !self.0.contains_key(raw) {
+            if self.0.len() >= Self::MAX {
+                self.0.clear();
+            }
+            let demangled = match rustc_demangle::try_demangle(raw) {
+                // `#`: without the hash or crate disambiguator.
+                Ok(demangled) => format!("{demangled:#}"),
+                Err(_) => raw.to_owned(),
+            };
+            let panic = is_panic_runtime(&demangled);
+            self.0.insert(raw.to_owned(), (demangled, panic));
+        }
+        let (name, panic) = &self.0[raw];
+        (name, *panic)
+    }
+}
+
+/// Frames of Rust's panic machinery (demangled names), from `panic!` or a
+/// failed `unwrap` down to the panic hook.
+fn is_panic_runtime(name: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "core::panicking::",
+        "std::panicking::",
+        "std::sys::backtrace::__rust_end_short_backtrace",
+        "std::rt::begin_panic",
+        "__rustc::rust_begin_unwind",
+        "rust_begin_unwind",
+    ];
+    PREFIXES.iter().any(|prefix| name.starts_with(prefix))
 }
 
 /// The Rust panic hook's report at the end of a guest's stderr, from the
