@@ -18,7 +18,8 @@ tasks:
   build-plugins   build the example and test plugins (wasm32-wasip2)
   bench           the pipeline benchmark against a native loop (release build;
                   updates BENCHMARKS.md and docs/); --quick: CI's small run;
-                  runtime | per-record | swap: the runtime's own benchmarks
+                  runtime | per-record | swap: the runtime's own benchmarks;
+                  probe [SECONDS]: how far apart the two cores are, over time
 ";
 
 fn main() -> ExitCode {
@@ -187,7 +188,8 @@ fn install_tansu() -> anyhow::Result<PathBuf> {
 /// Sandpiper on a Tansu broker), release build; it writes the plots into
 /// `docs/` and the table into BENCHMARKS.md. `--quick`: CI's small variant,
 /// in the test profile's build (already built by the tests), output under
-/// `target/`. `runtime`, `per-record`, `swap`: the runtime's own figures.
+/// `target/`. `runtime`, `per-record`, `swap`: the runtime's own figures;
+/// `probe`: the cores' distance over time (BENCHMARKS.md, "Slow runs").
 fn bench(extra: &[String]) -> anyhow::Result<()> {
     build_plugins()?;
     let tansu = install_tansu()?;

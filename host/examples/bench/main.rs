@@ -13,11 +13,14 @@
 //! - `report DIR`: redraws the table and plots from a run's results.json.
 //! - `runtime`, `per-record`, `swap`: the runtime without Kafka, and the
 //!   pause of a hot swap (`runtime`).
+//! - `probe [SECONDS]`: the round trip of a cache line between the two
+//!   cores over time (`probe`), which the pipeline's figures follow here.
 //! - `scenario SPEC`: one measured run (the orchestrator's child process).
 
 mod broker;
 mod matrix;
 mod native;
+mod probe;
 mod report;
 mod runtime;
 mod scenario;
@@ -58,8 +61,14 @@ fn main() -> anyhow::Result<()> {
         Some("runtime") => runtime::runtime_bench(),
         Some("per-record") => runtime::per_record_bench(),
         Some("swap") => runtime::swap(),
+        Some("probe") => probe::probe(match args.get(1) {
+            Some(seconds) => seconds.parse().context("probe SECONDS")?,
+            None => 60.0,
+        }),
         Some(other) => {
-            bail!("unknown benchmark {other:?} (pipeline, report, runtime, per-record, swap)")
+            bail!(
+                "unknown benchmark {other:?} (pipeline, report, runtime, per-record, swap, probe)"
+            )
         }
     }
 }
