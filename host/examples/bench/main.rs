@@ -14,7 +14,8 @@
 //! - `runtime`, `per-record`, `swap`: the runtime without Kafka, and the
 //!   pause of a hot swap (`runtime`).
 //! - `probe [SECONDS]`: the round trip of a cache line between the two
-//!   cores over time (`probe`), which the pipeline's figures follow here.
+//!   cores over time (`probe`), which the pipeline's figures follow here;
+//!   `pipeline` also probes for 0.1 s before and after every run.
 //! - `scenario SPEC`: one measured run (the orchestrator's child process).
 
 mod broker;

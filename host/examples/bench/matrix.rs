@@ -19,6 +19,7 @@ use sandpiper::kafka::{Outgoing, tools};
 use serde::{Deserialize, Serialize};
 
 use crate::broker::Broker;
+use crate::probe;
 use crate::report;
 use crate::scenario::{self, Latency, Mode, PARTITIONS, Phase, Spec, Throughput};
 
@@ -193,17 +194,19 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
                 };
                 broker.create_topic(&spec.output, PARTITIONS)?;
                 broker.create_topic(&spec.dead_letter, PARTITIONS)?;
-                let throughput: Throughput = child(&spec)?;
+                let (mut throughput, cores): (Throughput, _) = child(&spec)?;
+                throughput.cores_ns = cores;
                 let tally = tally(&brokers, &spec, records)?;
                 broker.delete_topic(&spec.output);
                 broker.delete_topic(&spec.dead_letter);
                 eprintln!(
-                    "bench: {size} B, {workers} worker(s), {} (round {}): {:.0} records/s, {:.2} µs CPU per record, peak RSS {} KiB; tally {tally:?}",
+                    "bench: {size} B, {workers} worker(s), {} (round {}): {:.0} records/s, {:.2} µs CPU per record, peak RSS {} KiB, cores {}; tally {tally:?}",
                     mode.label(),
                     round + 1,
                     throughput.rate(),
                     throughput.cpu_us(),
                     throughput.peak_rss_kib,
+                    cores_text(throughput.cores_ns),
                 );
                 if tally.missing > 0 {
                     bail!(
@@ -322,12 +325,13 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
                 let rate = plan.rate_override.unwrap_or((maximum / 2.0) as u64);
                 let latency = fixed_rate(mode, rate, plan.latency_seconds, false)?;
                 eprintln!(
-                    "bench: {size} B, {workers} worker(s), {} at {rate} records/s: p50 {:.0} µs, p99 {:.0} µs ({} samples, {:.0} completed a second)",
+                    "bench: {size} B, {workers} worker(s), {} at {rate} records/s: p50 {:.0} µs, p99 {:.0} µs ({} samples, {:.0} completed a second), cores {}",
                     mode.label(),
                     latency.p50_us,
                     latency.p99_us,
                     latency.samples,
                     latency.achieved,
+                    cores_text(latency.cores_ns),
                 );
                 if let Some(row) = row_mut(&mut rows, size, workers, mode) {
                     row.latencies.push(latency);
@@ -401,7 +405,20 @@ fn latency_run(
     for t in [&spec.input, &spec.output, &spec.dead_letter] {
         cluster.create_topic(t, PARTITIONS, 1)?;
     }
-    child(&spec)
+    let (mut latency, cores): (Latency, _) = child(&spec)?;
+    latency.cores_ns = cores;
+    Ok(latency)
+}
+
+/// How long each probe of the cores takes, before and after every run.
+const CORES_PROBE: Duration = Duration::from_millis(100);
+
+/// `130/410 ns`: the cores' round trip before and after a run.
+fn cores_text(cores: Option<[f64; 2]>) -> String {
+    cores.map_or_else(
+        || "not probed".to_owned(),
+        |[before, after]| format!("{before:.0}/{after:.0} ns"),
+    )
 }
 
 fn input_topic(size: usize, trapping: bool) -> String {
@@ -413,8 +430,17 @@ fn input_topic(size: usize, trapping: bool) -> String {
 }
 
 /// Runs `spec` in a child process (this binary, `scenario SPEC`) and
-/// parses the JSON line it prints.
-fn child<T: serde::de::DeserializeOwned>(spec: &Spec) -> anyhow::Result<T> {
+/// parses the JSON line it prints; with the cores' round trip just before
+/// and after (`probe`): this machine's two cores are near or far apart in
+/// spells of seconds, and every figure follows (BENCHMARKS.md).
+fn child<T: serde::de::DeserializeOwned>(spec: &Spec) -> anyhow::Result<(T, Option<[f64; 2]>)> {
+    let before = probe::round_trip_ns(CORES_PROBE);
+    let result = run_child(spec)?;
+    let after = probe::round_trip_ns(CORES_PROBE);
+    Ok((result, before.zip(after).map(|(b, a)| [b, a])))
+}
+
+fn run_child<T: serde::de::DeserializeOwned>(spec: &Spec) -> anyhow::Result<T> {
     let exe = std::env::current_exe()?;
     // `SANDPIPER_BENCH_PERF=DIR` records each scenario with `perf` into
     // DIR/<mode>-<phase>.data (the measured process alone, not the broker).

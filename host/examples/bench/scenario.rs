@@ -192,6 +192,10 @@ pub struct Throughput {
     pub seconds: f64,
     pub cpu_seconds: f64,
     pub peak_rss_kib: u64,
+    /// The cores' round trip just before and just after the run, in ns
+    /// (`probe`): about 130 when they are near, 400 when far.
+    #[serde(default)]
+    pub cores_ns: Option<[f64; 2]>,
 }
 
 impl Throughput {
@@ -219,6 +223,9 @@ pub struct Latency {
     /// Outputs that never arrived: none, but in a search (see `latency`).
     #[serde(default)]
     pub missing: usize,
+    /// As [`Throughput::cores_ns`].
+    #[serde(default)]
+    pub cores_ns: Option<[f64; 2]>,
 }
 
 /// A JSON order of `size` bytes (the `json-transform` plugin's input).
@@ -432,6 +439,7 @@ async fn throughput(spec: &Spec, total: u64) -> anyhow::Result<Throughput> {
         seconds: (end - start).as_secs_f64(),
         cpu_seconds: cpu_end - cpu_start,
         peak_rss_kib: peak_rss_kib(),
+        cores_ns: None,
     };
     contender.stop().await;
     Ok(result)
@@ -585,6 +593,7 @@ async fn latency(
         p99_us: pct(0.99),
         achieved,
         missing,
+        cores_ns: None,
     })
 }
 
