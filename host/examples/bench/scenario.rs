@@ -226,6 +226,10 @@ pub struct Latency {
     /// As [`Throughput::cores_ns`].
     #[serde(default)]
     pub cores_ns: Option<[f64; 2]>,
+    /// 2 when the first attempt failed and this is the second (see
+    /// `matrix::latency_run`).
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 /// A JSON order of `size` bytes (the `json-transform` plugin's input).
@@ -594,6 +598,7 @@ async fn latency(
         achieved,
         missing,
         cores_ns: None,
+        attempts: 1,
     })
 }
 
