@@ -386,60 +386,44 @@ fn latency_run(
     plan: &Plan,
     run_id: usize,
     mode: Mode,
-    config: (usize, usize),
-    rate: u64,
-    seconds: f64,
-    search: bool,
-) -> anyhow::Result<Latency> {
-    let attempt = |n| latency_attempt(plan, run_id, n, mode, config, rate, seconds, search);
-    match attempt(1) {
-        Ok(latency) => Ok(latency),
-        Err(error) => {
-            eprintln!(
-                "bench: {} at {rate} records/s failed ({error:#}); running it once more",
-                mode.label()
-            );
-            let mut latency = attempt(2)?;
-            latency.attempts = 2;
-            Ok(latency)
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn latency_attempt(
-    plan: &Plan,
-    run_id: usize,
-    attempt: u32,
-    mode: Mode,
     (size, workers): (usize, usize),
     rate: u64,
     seconds: f64,
     search: bool,
 ) -> anyhow::Result<Latency> {
-    let cluster = EmbeddedCluster::start(1).context("starting the mock cluster")?;
-    let spec = Spec {
-        mode,
-        workers,
-        brokers: cluster.bootstrap_servers().to_owned(),
-        input: format!("lat-in-{run_id}-{attempt}"),
-        output: format!("lat-out-{run_id}-{attempt}"),
-        dead_letter: format!("lat-dlq-{run_id}-{attempt}"),
-        group: format!("group-{run_id}-{attempt}"),
-        pipeline_toml: plan.pipeline_toml.clone(),
-        phase: Phase::Latency {
-            rate: rate.max(1),
-            seconds,
-            size,
-            search,
-        },
+    let attempt = |attempt: u32| -> anyhow::Result<Latency> {
+        let cluster = EmbeddedCluster::start(1).context("starting the mock cluster")?;
+        let spec = Spec {
+            mode,
+            workers,
+            brokers: cluster.bootstrap_servers().to_owned(),
+            input: format!("lat-in-{run_id}-{attempt}"),
+            output: format!("lat-out-{run_id}-{attempt}"),
+            dead_letter: format!("lat-dlq-{run_id}-{attempt}"),
+            group: format!("group-{run_id}-{attempt}"),
+            pipeline_toml: plan.pipeline_toml.clone(),
+            phase: Phase::Latency {
+                rate: rate.max(1),
+                seconds,
+                size,
+                search,
+            },
+        };
+        for t in [&spec.input, &spec.output, &spec.dead_letter] {
+            cluster.create_topic(t, PARTITIONS, 1)?;
+        }
+        let (mut latency, cores): (Latency, _) = child(&spec)?;
+        latency.cores_ns = cores;
+        latency.attempts = attempt;
+        Ok(latency)
     };
-    for t in [&spec.input, &spec.output, &spec.dead_letter] {
-        cluster.create_topic(t, PARTITIONS, 1)?;
-    }
-    let (mut latency, cores): (Latency, _) = child(&spec)?;
-    latency.cores_ns = cores;
-    Ok(latency)
+    attempt(1).or_else(|error| {
+        eprintln!(
+            "bench: {} at {rate} records/s failed ({error:#}); running it once more",
+            mode.label()
+        );
+        attempt(2)
+    })
 }
 
 /// How long each probe of the cores takes, before and after every run.

@@ -211,31 +211,25 @@ pub fn targets(rows: &[Row]) -> String {
 /// How many of a configuration's runs had the cores far apart (a probe
 /// before or after the run above `probe::FAR_NS`), when they were probed.
 fn cores_line(rows: &[Row], size: usize, workers: usize) -> Option<String> {
-    let rows: Vec<&Row> = rows
-        .iter()
-        .filter(|r| (r.size, r.workers) == (size, workers))
-        .collect();
-    let far = |probes: Vec<Option<[f64; 2]>>| {
-        let probed: Vec<[f64; 2]> = probes.into_iter().flatten().collect();
-        let far = probed
-            .iter()
-            .filter(|p| p.iter().any(|&ns| ns > crate::probe::FAR_NS))
-            .count();
-        (far, probed.len())
+    let rows = || {
+        rows.iter()
+            .filter(|r| (r.size, r.workers) == (size, workers))
     };
-    let (far_t, of_t) = far(rows
-        .iter()
-        .flat_map(|r| r.throughputs.iter().map(|t| t.cores_ns))
-        .collect());
-    let (far_l, of_l) = far(rows
-        .iter()
-        .flat_map(|r| r.latencies.iter().map(|l| l.cores_ns))
-        .collect());
+    let (far_t, of_t) = count_far(rows().flat_map(|r| r.throughputs.iter().map(|t| t.cores_ns)));
+    let (far_l, of_l) = count_far(rows().flat_map(|r| r.latencies.iter().map(|l| l.cores_ns)));
     (of_t + of_l > 0).then(|| {
         format!(
             "cores far apart (a probe above {} ns before or after the run): {far_t} of {of_t} throughput runs, {far_l} of {of_l} fixed-rate runs",
             crate::probe::FAR_NS
         )
+    })
+}
+
+/// Probed runs with the cores far apart, and probed runs.
+fn count_far(probes: impl Iterator<Item = Option<[f64; 2]>>) -> (usize, usize) {
+    probes.flatten().fold((0, 0), |(far, of), probe| {
+        let is_far = probe.iter().any(|&ns| ns > crate::probe::FAR_NS);
+        (far + usize::from(is_far), of + 1)
     })
 }
 
