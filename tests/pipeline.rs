@@ -122,6 +122,48 @@ async fn poison_records_are_dead_lettered_with_exact_counts_and_bytes() {
     }
 }
 
+/// Budgets far below a batch: three records and one MiB of outputs per
+/// partition awaiting acknowledgement. Batches shrink to three records,
+/// and a batch larger than the byte budget (three consecutive 400 KB
+/// records) still goes, alone. One partition, so they are consecutive;
+/// 60 records, so it stays within the mock cluster's retention.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tight_unacknowledged_budgets_still_finish_every_record() {
+    let env = Env::new(1, 1);
+    let values = (0..60).map(|i| match (i % 20, i % 10) {
+        (3..=5, _) => vec![b'a' + (i % 26) as u8; 400_000],
+        (_, 7) => b"unwrap-none".to_vec(),
+        _ => format!("record {i}").into_bytes(),
+    });
+    let inputs = env.inputs(values);
+    env.produce(&inputs).await;
+    let app = App::start(env.config("chaos", "max_unacked = 3\nmax_unacked_mb = 1"))
+        .await
+        .expect("starts");
+    wait_committed(&app, inputs.len(), WAIT).await;
+    let outputs = env.read(&env.output, 54).await;
+    let dead = env.read(&env.dlq, 6).await;
+    app.stop().await;
+
+    let t = tally(&inputs, &outputs, &dead);
+    assert!(t.missing.is_empty(), "missing: {:?}", t.missing);
+    assert_eq!(
+        (t.outputs, t.dead_letters, t.duplicates),
+        (54, 6, 0),
+        "{t:?}"
+    );
+    for output in &outputs {
+        let n: usize = header_str(output, "n")
+            .parse()
+            .expect("original header kept");
+        let expected = inputs[n].value.as_deref().map(<[u8]>::to_ascii_uppercase);
+        assert_eq!(
+            output.value, expected,
+            "output {n} is its input, uppercased"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retries_succeed_in_place_or_are_exhausted() {
     let env = Env::new(1, 1);

@@ -162,6 +162,7 @@ impl Shared {
                 continue;
             };
             let progress = self.health.assign(topic, *partition);
+            let (batch, ack_capacity) = partition::batching(self.max_unacked);
             let part = Arc::new(Partition {
                 shared: self.clone(),
                 topic: topic.clone(),
@@ -170,8 +171,9 @@ impl Shared {
                 cancel: CancellationToken::new(),
                 metrics: self.metrics.partition(topic, *partition),
                 unacked_bytes: Arc::new(tokio::sync::Semaphore::new(self.max_unacked_bytes)),
+                batch,
             });
-            let (ack_tx, ack_rx) = mpsc::channel(self.max_unacked);
+            let (ack_tx, ack_rx) = mpsc::channel(ack_capacity);
             let done = Arc::new(Done::default());
             self.spawn_watched(
                 format!("worker of {topic}/{partition}"),

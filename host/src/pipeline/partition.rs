@@ -20,23 +20,45 @@ use crate::kafka::{Delivery, Outgoing, PartitionQueue, SendError};
 use crate::metrics::PartitionMetrics;
 use crate::record::{FailureKind, Outcome, Record};
 
-/// Records taken from the partition's buffer per plugin run.
+/// Records taken from the partition's buffer per plugin run (fewer when
+/// `max_unacked` is smaller), and handed to the acker together.
 const BATCH: usize = 64;
+
+/// Records per batch for a partition that may have `max_unacked` records
+/// awaiting acknowledgement, and the acker channel's capacity in batches:
+/// together never more than `max_unacked` records.
+pub(super) fn batching(max_unacked: usize) -> (usize, usize) {
+    let batch = BATCH.min(max_unacked).max(1);
+    (batch, (max_unacked / batch).max(1))
+}
 
 /// Produce failures back off from here up to the pipeline's max backoff.
 const PRODUCE_BACKOFF: Duration = Duration::from_millis(100);
 
 /// One record's work, waiting for the broker.
-pub(super) struct Pending {
+struct Pending {
     offset: i64,
     /// What was sent, kept so it can be sent again, and its delivery (or
     /// why handing it to librdkafka already failed).
     sends: Vec<(Outgoing, Result<Delivery, SendError>)>,
     /// For log lines: is this a dead letter?
     dead_letter: bool,
-    /// The record's share of the partition's unacknowledged bytes, given
-    /// back when the acker is done with it.
+}
+
+/// The records of one plugin batch, handed to the acker together: one
+/// budget acquisition and one channel message per batch, not per record.
+pub(super) struct Handed {
+    records: Vec<Pending>,
+    /// The batch's share of the partition's unacknowledged bytes, given
+    /// back when the acker is done with all of it.
     _bytes: OwnedSemaphorePermit,
+}
+
+/// What a record asks to produce, before it is sent.
+struct Staged {
+    offset: i64,
+    records: Vec<Outgoing>,
+    dead_letter: bool,
 }
 
 /// Everything a partition's two tasks share.
@@ -50,6 +72,8 @@ pub(super) struct Partition {
     pub metrics: PartitionMetrics,
     /// Bytes of outputs that may still await acknowledgement (`max_unacked_mb`).
     pub unacked_bytes: Arc<Semaphore>,
+    /// Records per plugin batch (see [`batching`]).
+    pub batch: usize,
 }
 
 /// Runs records from the partition's queue through the plugin; sends what
@@ -59,16 +83,16 @@ pub(super) struct Partition {
 pub(super) async fn worker(
     part: Arc<Partition>,
     mut queue: PartitionQueue,
-    acks: mpsc::Sender<Pending>,
+    acks: mpsc::Sender<Handed>,
 ) {
     let shared = &part.shared;
-    let mut batch = Vec::with_capacity(BATCH);
+    let mut batch = Vec::with_capacity(part.batch);
     loop {
         batch.clear();
         tokio::select! {
             biased;
             () = part.cancel.cancelled() => break,
-            received = queue.recv_many(&mut batch, BATCH) => if let Err(error) = received {
+            received = queue.recv_many(&mut batch, part.batch) => if let Err(error) = received {
                 if let Some(suppressed) = shared.logs.check("consume") {
                     tracing::warn!(pipeline = %shared.name, topic = %part.topic, partition = part.partition,
                         %error, suppressed, "Consumer error; librdkafka retries by itself.");
@@ -96,7 +120,7 @@ pub(super) async fn worker(
 async fn run_batch(
     part: &Partition,
     mut queue: VecDeque<Record>,
-    acks: &mpsc::Sender<Pending>,
+    acks: &mpsc::Sender<Handed>,
 ) -> bool {
     let shared = &part.shared;
     let retry = &shared.retry;
@@ -107,6 +131,9 @@ async fn run_batch(
     // Attempts of the record at the head of the queue.
     let mut attempts: u32 = 1;
     let mut host_errors: u32 = 0;
+    // What the records handled so far produce, handed over in order after
+    // each plugin run and before any wait.
+    let mut staged = Vec::with_capacity(queue.len());
     while !queue.is_empty() {
         if part.cancel.is_cancelled() {
             // Revoked or shutting down: what is left is not started, and its
@@ -132,10 +159,11 @@ async fn run_batch(
         for (record, outcome) in result.done {
             let failure = match outcome {
                 Ok(outputs) => {
-                    let sends = shared.labels.outputs(outputs, plugin.id());
-                    if !hand_over(part, record.offset, sends, false, acks).await {
-                        return false;
-                    }
+                    staged.push(Staged {
+                        offset: record.offset,
+                        records: shared.labels.outputs(outputs, plugin.id()),
+                        dead_letter: false,
+                    });
                     attempts = 1;
                     host_errors = 0;
                     continue;
@@ -153,7 +181,10 @@ async fn run_batch(
                         offset = record.offset, suppressed, error = %failure, "Cannot run the plugin; retrying the record.");
                 }
                 queue.push_front(record);
-                if !sleep_or_cancel(&part.cancel, backoff::delay(host_errors, initial, max)).await {
+                if !hand_over(part, &mut staged, acks).await
+                    || !sleep_or_cancel(&part.cancel, backoff::delay(host_errors, initial, max))
+                        .await
+                {
                     return false;
                 }
                 break;
@@ -164,7 +195,9 @@ async fn run_batch(
                 attempts += 1;
                 shared.metrics.retried.inc();
                 queue.push_front(record);
-                if !sleep_or_cancel(&part.cancel, delay).await {
+                if !hand_over(part, &mut staged, acks).await
+                    || !sleep_or_cancel(&part.cancel, delay).await
+                {
                     return false;
                 }
                 break;
@@ -183,13 +216,16 @@ async fn run_batch(
                 .dead_lettered
                 .fetch_add(1, Ordering::Relaxed);
             part.metrics.dead_lettered.inc();
-            let offset = record.offset;
-            let dead_letter = shared.labels.dead_letter(record, &failure, attempts);
-            if !hand_over(part, offset, vec![dead_letter], true, acks).await {
-                return false;
-            }
+            staged.push(Staged {
+                offset: record.offset,
+                records: vec![shared.labels.dead_letter(record, &failure, attempts)],
+                dead_letter: true,
+            });
             attempts = 1;
             host_errors = 0;
+        }
+        if !hand_over(part, &mut staged, acks).await {
+            return false;
         }
     }
     true
@@ -215,30 +251,48 @@ fn successes(done: &[(Record, Outcome)]) -> (u64, u64) {
         })
 }
 
-/// Sends a record's outputs (or dead letter) and queues them for the acker.
+/// Sends what `staged` records produce and hands them to the acker as one
+/// batch, emptying `staged`. Waits first for the batch's share of the
+/// partition's byte budget; a batch larger than the whole budget still
+/// goes, alone. False when the partition must stop.
 async fn hand_over(
     part: &Partition,
-    offset: i64,
-    records: Vec<Outgoing>,
-    dead_letter: bool,
-    acks: &mpsc::Sender<Pending>,
+    staged: &mut Vec<Staged>,
+    acks: &mpsc::Sender<Handed>,
 ) -> bool {
-    // A record larger than the whole budget still goes, alone.
-    let bytes: usize = records.iter().map(Outgoing::size).sum();
+    if staged.is_empty() {
+        return true;
+    }
+    let bytes: usize = staged
+        .iter()
+        .flat_map(|s| &s.records)
+        .map(Outgoing::size)
+        .sum();
     let budget = u32::try_from(bytes.min(part.shared.max_unacked_bytes)).unwrap_or(u32::MAX);
     // The semaphore is never closed.
     let Ok(permit) = part.unacked_bytes.clone().acquire_many_owned(budget).await else {
         return false;
     };
-    let mut sends = Vec::with_capacity(records.len());
-    for record in records {
-        let delivery = part.shared.producer.send(&record).await;
-        sends.push((record, delivery));
-    }
-    acks.send(Pending {
+    let mut records = Vec::with_capacity(staged.len());
+    for Staged {
         offset,
-        sends,
+        records: outgoing,
         dead_letter,
+    } in staged.drain(..)
+    {
+        let mut sends = Vec::with_capacity(outgoing.len());
+        for record in outgoing {
+            let delivery = part.shared.producer.send(&record).await;
+            sends.push((record, delivery));
+        }
+        records.push(Pending {
+            offset,
+            sends,
+            dead_letter,
+        });
+    }
+    acks.send(Handed {
+        records,
         _bytes: permit,
     })
     .await
@@ -253,27 +307,23 @@ async fn sleep_or_cancel(cancel: &CancellationToken, delay: Duration) -> bool {
     }
 }
 
-/// Pending records the acker takes at once; their offsets are stored once,
-/// after the last (librdkafka's offset store costs a topic lookup and a
-/// lock per call).
-const ACK_BATCH: usize = 64;
-
 /// Waits for every delivery in order, re-sending failures with backoff, and
-/// stores the offset of the last record of each run of acknowledged ones.
-pub(super) async fn acker(part: Arc<Partition>, mut rx: mpsc::Receiver<Pending>, done: Arc<Done>) {
-    let mut batch = Vec::with_capacity(ACK_BATCH);
-    'batches: while rx.recv_many(&mut batch, ACK_BATCH).await > 0 {
+/// stores the offset of the last record of each batch once all its sends
+/// are acknowledged (librdkafka's offset store costs a topic lookup and a
+/// lock per call, so not per record).
+pub(super) async fn acker(part: Arc<Partition>, mut rx: mpsc::Receiver<Handed>, done: Arc<Done>) {
+    'batches: while let Some(handed) = rx.recv().await {
+        // `_bytes` holds the batch's share of the budget until its sends
+        // are acknowledged.
+        let Handed { records, _bytes } = handed;
         // The last record of this batch whose sends are all acknowledged.
         let mut finished = None;
-        for pending in batch.drain(..) {
-            // `_bytes` holds the record's share of the budget until its
-            // sends are acknowledged.
-            let Pending {
-                offset,
-                sends,
-                dead_letter,
-                _bytes,
-            } = pending;
+        for Pending {
+            offset,
+            sends,
+            dead_letter,
+        } in records
+        {
             for (record, delivery) in sends {
                 let sent = Sent {
                     offset,
@@ -381,4 +431,21 @@ fn store(part: &Partition, offset: Option<i64>) {
         tracing::debug!(pipeline = %shared.name, topic = %part.topic, partition = part.partition, %error, "Offset not stored.");
     }
     part.progress.completed(offset);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_and_the_acker_channel_never_hold_more_than_max_unacked() {
+        assert_eq!(batching(4096), (BATCH, 4096 / BATCH));
+        assert_eq!(batching(3), (3, 1));
+        assert_eq!(batching(100), (BATCH, 1));
+        for max_unacked in 1..1000 {
+            let (batch, capacity) = batching(max_unacked);
+            assert!(batch >= 1 && capacity >= 1);
+            assert!(batch * capacity <= max_unacked, "{max_unacked}");
+        }
+    }
 }
