@@ -37,6 +37,7 @@ fn samples(count: usize) -> Vec<Outgoing> {
                 key: Some(format!("order-{i}").into_bytes()),
                 value: Some(value.into_bytes()),
                 headers: vec![("source".into(), b"demo".to_vec())],
+                mark: None,
                 timestamp: None,
             }
         })

@@ -76,6 +76,7 @@ impl Env {
                 key: Some(format!("r{i}").into_bytes()),
                 value: Some(v),
                 headers: vec![("n".into(), i.to_string().into_bytes())],
+                mark: None,
                 timestamp: Some(1_700_000_000_000 + i as i64),
             })
             .collect()

@@ -163,6 +163,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
                         scenario::order(i, size)
                     }),
                     headers: Vec::new(),
+                    mark: None,
                     timestamp: None,
                 })
                 .collect();

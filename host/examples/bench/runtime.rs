@@ -131,6 +131,7 @@ async fn swap_bench(total: u64) -> anyhow::Result<()> {
             key: Some(format!("key-{i}").into_bytes()),
             value: Some(vec![b'a'; 100]),
             headers: Vec::new(),
+            mark: None,
             timestamp: None,
         })
         .collect();

@@ -98,6 +98,7 @@ pub fn to_original(record: &Record, letter: &DeadLetter, topic: &str, replays: u
         key: record.key.clone(),
         value: record.value.clone(),
         headers: original_headers(record, replays),
+        mark: None,
         timestamp: letter.timestamp,
     }
 }

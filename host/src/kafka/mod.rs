@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 
 pub use consumer::{Consumer, PartitionQueue};
 pub use context::{BrokerStats, ClientEvents, PartitionStats, RebalanceListener};
-pub use producer::{Delivery, Outgoing, Producer, SendError};
+pub use producer::{Acks, Delivery, Mark, Outgoing, Producer, SendError};
 
 use crate::record::Record;
 

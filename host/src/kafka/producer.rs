@@ -1,15 +1,23 @@
 //! The pipeline's one producer: idempotent, `acks=all`, never recreated.
+//!
+//! Sends are counted in groups ([`Acks`], the outputs of one batch of
+//! records): librdkafka's delivery reports count a group down and wake its
+//! waiter once, when the last one arrives, rather than completing a future
+//! per record.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+};
+use tokio::sync::Notify;
 
 use super::ClientSettings;
 use super::context::{ClientEvents, Context};
@@ -22,8 +30,19 @@ pub struct Outgoing {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: Headers,
+    /// A last header, shared with other records.
+    pub mark: Option<Mark>,
     /// Milliseconds since the epoch; `None` lets the producer stamp it.
     pub timestamp: Option<i64>,
+}
+
+/// A header many records carry with one value (the `sandpiper.plugin` mark
+/// of a plugin version): the value is shared, so marking a record
+/// allocates nothing. Sent after the record's own headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    pub key: &'static str,
+    pub value: Arc<str>,
 }
 
 impl Outgoing {
@@ -35,6 +54,10 @@ impl Outgoing {
                 .iter()
                 .map(|(k, v)| k.len() + v.len())
                 .sum::<usize>()
+            + self
+                .mark
+                .as_ref()
+                .map_or(0, |m| m.key.len() + m.value.len())
     }
 }
 
@@ -49,24 +72,95 @@ impl From<KafkaError> for SendError {
     }
 }
 
-/// Resolves when the broker acknowledges (or finally refuses) one record.
-pub struct Delivery(DeliveryFuture);
+/// The delivery reports of a group of sends. Each send has an index in
+/// the group; [`Acks::wait`] returns once every send is reported, with the
+/// ones that failed.
+#[derive(Debug)]
+pub struct Acks {
+    /// Sends not yet reported, plus one until the group is sealed.
+    remaining: AtomicUsize,
+    /// Failed sends, by index.
+    failed: Mutex<Vec<(usize, SendError)>>,
+    reported: Notify,
+}
 
-impl std::fmt::Debug for Delivery {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Delivery").finish_non_exhaustive()
+impl Acks {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            remaining: AtomicUsize::new(1),
+            failed: Mutex::default(),
+            reported: Notify::new(),
+        })
+    }
+
+    fn report(&self, index: usize, result: Result<(), SendError>) {
+        if let Err(error) = result {
+            self.failed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((index, error));
+        }
+        self.count_down();
+    }
+
+    fn count_down(&self) {
+        // The failure pushed before is visible to whoever sees zero.
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Stored as a permit if nobody waits yet.
+            self.reported.notify_one();
+        }
+    }
+
+    /// No more sends join the group: [`Acks::wait`] may now finish.
+    pub fn seal(&self) {
+        self.count_down();
+    }
+
+    /// Waits until the group is sealed and every send in it reported;
+    /// returns the failed sends, in index order.
+    pub async fn wait(&self) -> Vec<(usize, SendError)> {
+        while self.remaining.load(Ordering::Acquire) > 0 {
+            self.reported.notified().await;
+        }
+        let mut failed =
+            std::mem::take(&mut *self.failed.lock().unwrap_or_else(PoisonError::into_inner));
+        failed.sort_unstable_by_key(|(index, _)| *index);
+        failed
     }
 }
 
-impl Future for Delivery {
-    type Output = Result<(), SendError>;
+/// What a message carries through librdkafka to its delivery report.
+pub(crate) struct Token {
+    acks: Arc<Acks>,
+    index: usize,
+}
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx).map(|result| match result {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((error, _))) => Err(error.into()),
-            // The producer was dropped before reporting.
-            Err(_) => Err(KafkaError::Canceled.into()),
+impl ProducerContext for Context {
+    type DeliveryOpaque = Box<Token>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, token: Box<Token>) {
+        let result = match result {
+            Ok(_) => Ok(()),
+            Err((error, _)) => Err(SendError::from(error.clone())),
+        };
+        token.acks.report(token.index, result);
+    }
+}
+
+/// Resolves when the broker acknowledges (or finally refuses) one record.
+#[derive(Debug)]
+pub struct Delivery(Arc<Acks>);
+
+impl IntoFuture for Delivery {
+    type Output = Result<(), SendError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            match self.0.wait().await.pop() {
+                Some((_, error)) => Err(error),
+                None => Ok(()),
+            }
         })
     }
 }
@@ -74,7 +168,7 @@ impl Future for Delivery {
 /// One producer for the life of a pipeline.
 #[derive(Clone)]
 pub struct Producer {
-    inner: Arc<FutureProducer<Context>>,
+    inner: Arc<ThreadedProducer<Context>>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -90,7 +184,7 @@ impl Producer {
         events: Arc<dyn ClientEvents>,
     ) -> anyhow::Result<Self> {
         let context = Context::new(pipeline, "producer", events, None);
-        let inner: FutureProducer<Context> = settings
+        let inner: ThreadedProducer<Context> = settings
             .producer_config()
             .create_with_context(context)
             .with_context(|| format!("creating the producer of pipeline {pipeline}"))?;
@@ -99,40 +193,57 @@ impl Producer {
         })
     }
 
-    /// Hands a record to librdkafka and returns its delivery. Waits while
-    /// librdkafka's queue is full; other errors come back at once.
-    pub async fn send(&self, record: &Outgoing) -> Result<Delivery, SendError> {
-        let mut future = FutureRecord::<[u8], [u8]>::to(&record.topic);
-        // librdkafka allocates a header list even when it stays empty.
-        if !record.headers.is_empty() {
-            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-            for (key, value) in &record.headers {
-                headers = headers.insert(Header {
-                    key: key.as_str(),
-                    value: Some(value.as_slice()),
-                });
-            }
-            future = future.headers(headers);
+    /// Hands a record to librdkafka as send `index` of `acks`' group, whose
+    /// delivery report then counts the group down. Waits while librdkafka's
+    /// queue is full; other errors come back at once (and the send is not
+    /// part of the group).
+    pub async fn send_to(
+        &self,
+        record: &Outgoing,
+        acks: &Arc<Acks>,
+        index: usize,
+    ) -> Result<(), SendError> {
+        // Counted before librdkafka may report it.
+        acks.remaining.fetch_add(1, Ordering::Relaxed);
+        let token = Box::new(Token {
+            acks: acks.clone(),
+            index,
+        });
+        let mut base = BaseRecord::<[u8], [u8], Box<Token>>::with_opaque_to(&record.topic, token);
+        if let Some(headers) = owned_headers(record) {
+            base = base.headers(headers);
         }
         if let Some(key) = &record.key {
-            future = future.key(key.as_slice());
+            base = base.key(key.as_slice());
         }
         if let Some(value) = &record.value {
-            future = future.payload(value.as_slice());
+            base = base.payload(value.as_slice());
         }
         if let Some(ts) = record.timestamp {
-            future = future.timestamp(ts);
+            base = base.timestamp(ts);
         }
         loop {
-            match self.inner.send_result(future) {
-                Ok(delivery) => return Ok(Delivery(delivery)),
+            match self.inner.send(base) {
+                Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    future = back;
+                    base = back;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Err((error, _)) => return Err(error.into()),
+                Err((error, _)) => {
+                    acks.count_down();
+                    return Err(error.into());
+                }
             }
         }
+    }
+
+    /// Hands one record to librdkafka and returns its delivery. Waits while
+    /// librdkafka's queue is full; other errors come back at once.
+    pub async fn send(&self, record: &Outgoing) -> Result<Delivery, SendError> {
+        let acks = Acks::new();
+        self.send_to(record, &acks, 0).await?;
+        acks.seal();
+        Ok(Delivery(acks))
     }
 
     /// Waits (bounded) until everything queued is delivered or failed.
@@ -146,5 +257,73 @@ impl Producer {
     /// Records queued in librdkafka or awaiting acknowledgement.
     pub fn in_flight(&self) -> i32 {
         self.inner.in_flight_count()
+    }
+}
+
+/// `record`'s headers as librdkafka takes them, if it has any (librdkafka
+/// allocates a header list even when it stays empty).
+pub(super) fn owned_headers(record: &Outgoing) -> Option<OwnedHeaders> {
+    let count = record.headers.len() + usize::from(record.mark.is_some());
+    if count == 0 {
+        return None;
+    }
+    let mut headers = OwnedHeaders::new_with_capacity(count);
+    let marked = record.mark.iter().map(|m| (m.key, m.value.as_bytes()));
+    for (key, value) in record
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_slice()))
+        .chain(marked)
+    {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    Some(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts a send into `acks` as `send_to` does, without a broker.
+    fn counted(acks: &Acks) {
+        acks.remaining.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[tokio::test]
+    async fn a_group_is_done_once_sealed_and_every_send_reported() {
+        let acks = Acks::new();
+        for _ in 0..3 {
+            counted(&acks);
+        }
+        acks.report(2, Err(SendError("two".into())));
+        acks.report(0, Ok(()));
+        acks.report(1, Err(SendError("one".into())));
+        // Every send is reported, but more may join until it is sealed.
+        let early = tokio::time::timeout(Duration::from_millis(50), acks.wait()).await;
+        assert!(early.is_err(), "done before it was sealed");
+        acks.seal();
+        let failed = acks.wait().await;
+        let failed: Vec<(usize, String)> = failed.into_iter().map(|(i, e)| (i, e.0)).collect();
+        assert_eq!(failed, vec![(1, "one".into()), (2, "two".into())]);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_wakes_when_the_last_report_arrives_later() {
+        let acks = Acks::new();
+        counted(&acks);
+        acks.seal();
+        let reporter = acks.clone();
+        let report = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            reporter.report(0, Ok(()));
+        });
+        let failed = tokio::time::timeout(Duration::from_secs(10), acks.wait())
+            .await
+            .expect("woken by the last report");
+        assert!(failed.is_empty());
+        report.await.expect("reporter");
     }
 }

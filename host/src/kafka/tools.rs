@@ -11,6 +11,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::producer::owned_headers;
 use super::{Outgoing, to_record};
 use crate::record::Record;
 
@@ -25,14 +26,10 @@ pub async fn produce_all(brokers: &str, records: &[Outgoing]) -> anyhow::Result<
         .context("creating a producer")?;
     let mut deliveries = Vec::with_capacity(records.len());
     for r in records {
-        let mut headers = rdkafka::message::OwnedHeaders::new_with_capacity(r.headers.len());
-        for (k, v) in &r.headers {
-            headers = headers.insert(rdkafka::message::Header {
-                key: k.as_str(),
-                value: Some(v.as_slice()),
-            });
+        let mut fr = FutureRecord::<[u8], [u8]>::to(&r.topic);
+        if let Some(headers) = owned_headers(r) {
+            fr = fr.headers(headers);
         }
-        let mut fr = FutureRecord::<[u8], [u8]>::to(&r.topic).headers(headers);
         if let Some(k) = &r.key {
             fr = fr.key(k.as_slice());
         }

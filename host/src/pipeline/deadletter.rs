@@ -1,7 +1,7 @@
 //! Building the records a pipeline produces: outputs marked with the plugin
 //! version, and dead letters carrying the original record and the reason.
 
-use crate::kafka::Outgoing;
+use crate::kafka::{Mark, Outgoing};
 use crate::record::{Failure, Headers, Output, Record};
 use crate::runtime::PluginId;
 
@@ -74,15 +74,20 @@ impl Labels {
             .into_iter()
             .map(|o| {
                 let mut headers = o.headers;
-                if self.plugin_header {
+                let mark = self.plugin_header.then(|| {
+                    // The plugin cannot set ours.
                     headers.retain(|(k, _)| k != H_PLUGIN);
-                    headers.push((H_PLUGIN.into(), plugin.label().as_bytes().to_vec()));
-                }
+                    Mark {
+                        key: H_PLUGIN,
+                        value: plugin.label_shared(),
+                    }
+                });
                 Outgoing {
                     topic: o.topic.unwrap_or_else(|| self.output.clone()),
                     key: o.key,
                     value: o.value,
                     headers,
+                    mark,
                     timestamp: None,
                 }
             })
@@ -127,6 +132,7 @@ impl Labels {
             key: record.key,
             value: record.value,
             headers,
+            mark: None,
             timestamp: record.timestamp,
         }
     }
@@ -208,9 +214,16 @@ mod tests {
         );
         assert_eq!(outs[0].topic, "out");
         assert_eq!(outs[1].topic, "elsewhere");
-        assert_eq!(
-            outs[0].headers,
-            vec![(H_PLUGIN.to_owned(), plugin.to_string().into_bytes())]
-        );
+        assert_eq!(outs[0].headers, vec![], "the plugin's own mark is dropped");
+        for out in &outs {
+            let mark = out.mark.as_ref().expect("marked");
+            assert_eq!((mark.key, &*mark.value), (H_PLUGIN, &*plugin.to_string()));
+        }
+        let unmarked = Labels {
+            plugin_header: false,
+            ..labels()
+        };
+        let outs = unmarked.outputs(vec![Output::default()], &plugin);
+        assert_eq!(outs[0].mark, None);
     }
 }

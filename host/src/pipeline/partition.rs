@@ -16,7 +16,7 @@ use super::Shared;
 use super::backoff;
 use crate::deploy::{Counts, VersionStats};
 use crate::health::{Done, PartitionProgress};
-use crate::kafka::{Delivery, Outgoing, PartitionQueue, SendError};
+use crate::kafka::{Acks, Outgoing, PartitionQueue, SendError};
 use crate::metrics::PartitionMetrics;
 use crate::record::{FailureKind, Outcome, Record};
 
@@ -38,9 +38,9 @@ const PRODUCE_BACKOFF: Duration = Duration::from_millis(100);
 /// One record's work, waiting for the broker.
 struct Pending {
     offset: i64,
-    /// What was sent, kept so it can be sent again, and its delivery (or
-    /// why handing it to librdkafka already failed).
-    sends: Vec<(Outgoing, Result<Delivery, SendError>)>,
+    /// How many of the batch's sends are this record's (none when the
+    /// plugin filtered it out).
+    sends: usize,
     /// For log lines: is this a dead letter?
     dead_letter: bool,
 }
@@ -49,6 +49,12 @@ struct Pending {
 /// budget acquisition and one channel message per batch, not per record.
 pub(super) struct Handed {
     records: Vec<Pending>,
+    /// Every record's sends, in order, kept so they can be sent again.
+    sends: Vec<Outgoing>,
+    /// Their delivery reports, by index in `sends`.
+    acks: Arc<Acks>,
+    /// Sends librdkafka refused at once, by index in `sends`.
+    refused: Vec<(usize, SendError)>,
     /// The batch's share of the partition's unacknowledged bytes, given
     /// back when the acker is done with all of it.
     _bytes: OwnedSemaphorePermit,
@@ -274,25 +280,35 @@ async fn hand_over(
         return false;
     };
     let mut records = Vec::with_capacity(staged.len());
+    let mut sends = Vec::with_capacity(staged.len());
+    let delivered = Acks::new();
+    let mut refused = Vec::new();
     for Staged {
         offset,
         records: outgoing,
         dead_letter,
     } in staged.drain(..)
     {
-        let mut sends = Vec::with_capacity(outgoing.len());
-        for record in outgoing {
-            let delivery = part.shared.producer.send(&record).await;
-            sends.push((record, delivery));
-        }
         records.push(Pending {
             offset,
-            sends,
+            sends: outgoing.len(),
             dead_letter,
         });
+        for record in outgoing {
+            let index = sends.len();
+            let sent = part.shared.producer.send_to(&record, &delivered, index);
+            if let Err(error) = sent.await {
+                refused.push((index, error));
+            }
+            sends.push(record);
+        }
     }
+    delivered.seal();
     acks.send(Handed {
         records,
+        sends,
+        acks: delivered,
+        refused,
         _bytes: permit,
     })
     .await
@@ -307,30 +323,47 @@ async fn sleep_or_cancel(cancel: &CancellationToken, delay: Duration) -> bool {
     }
 }
 
-/// Waits for every delivery in order, re-sending failures with backoff, and
-/// stores the offset of the last record of each batch once all its sends
-/// are acknowledged (librdkafka's offset store costs a topic lookup and a
-/// lock per call, so not per record).
+/// Waits for each batch's delivery reports, re-sends what failed in order
+/// (with backoff, until the broker takes it), and stores the offset of the
+/// batch's last record once all its sends are acknowledged (librdkafka's
+/// offset store costs a topic lookup and a lock per call, so not per
+/// record).
 pub(super) async fn acker(part: Arc<Partition>, mut rx: mpsc::Receiver<Handed>, done: Arc<Done>) {
     'batches: while let Some(handed) = rx.recv().await {
         // `_bytes` holds the batch's share of the budget until its sends
         // are acknowledged.
-        let Handed { records, _bytes } = handed;
+        let Handed {
+            records,
+            sends,
+            acks,
+            mut refused,
+            _bytes,
+        } = handed;
+        let mut failed = acks.wait().await;
+        if !refused.is_empty() {
+            failed.append(&mut refused);
+            failed.sort_unstable_by_key(|(index, _)| *index);
+        }
+        let mut failed = failed.into_iter().peekable();
+        let mut sends = sends.iter().enumerate();
         // The last record of this batch whose sends are all acknowledged.
         let mut finished = None;
         for Pending {
             offset,
-            sends,
+            sends: n,
             dead_letter,
         } in records
         {
-            for (record, delivery) in sends {
+            for (index, record) in sends.by_ref().take(n) {
+                let Some((_, error)) = failed.next_if(|(i, _)| *i == index) else {
+                    continue;
+                };
                 let sent = Sent {
                     offset,
                     dead_letter,
-                    record: &record,
+                    record,
                 };
-                if !acknowledged(&part, sent, delivery, &mut finished).await {
+                if !redeliver(&part, sent, error, &mut finished).await {
                     store(&part, finished);
                     break 'batches;
                 }
@@ -342,14 +375,13 @@ pub(super) async fn acker(part: Arc<Partition>, mut rx: mpsc::Receiver<Handed>, 
     done.set();
 }
 
-/// Waits for one send's acknowledgement, re-sending it with backoff until
-/// the broker takes it. Before the first wait after a failure, stores
-/// `finished` (so a stuck partition keeps what it finished). False when
-/// cancelled first.
-async fn acknowledged(
+/// Re-sends a send that failed with `error`, with backoff, until the broker
+/// takes it. First stores `finished` (so a stuck partition keeps what it
+/// finished). False when cancelled first.
+async fn redeliver(
     part: &Partition,
     sent: Sent<'_>,
-    delivery: Result<Delivery, SendError>,
+    error: SendError,
     finished: &mut Option<i64>,
 ) -> bool {
     let Sent {
@@ -358,20 +390,10 @@ async fn acknowledged(
         record,
     } = sent;
     let shared = &part.shared;
-    let mut delivery = delivery;
+    store(part, finished.take());
+    let mut error = error;
     let mut failures: u32 = 0;
     loop {
-        let result = match delivery {
-            Ok(delivery) => delivery.await,
-            Err(error) => Err(error),
-        };
-        let error = match result {
-            Ok(()) => break,
-            Err(error) => error,
-        };
-        if failures == 0 {
-            store(part, finished.take());
-        }
         failures += 1;
         let what = if dead_letter { "dead letter" } else { "output" };
         let reason = format!(
@@ -396,13 +418,18 @@ async fn acknowledged(
         if !sleep_or_cancel(&part.cancel, delay).await {
             return false;
         }
-        delivery = shared.producer.send(record).await;
+        let result = match shared.producer.send(record).await {
+            Ok(delivery) => delivery.await,
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(()) => break,
+            Err(again) => error = again,
+        }
     }
-    if failures > 0 {
-        part.progress.set_blocked(None);
-        tracing::info!(pipeline = %shared.name, topic = %part.topic, partition = part.partition,
-            offset, failures, "Produce recovered.");
-    }
+    part.progress.set_blocked(None);
+    tracing::info!(pipeline = %shared.name, topic = %part.topic, partition = part.partition,
+        offset, failures, "Produce recovered.");
     true
 }
 

@@ -44,6 +44,11 @@ impl PluginId {
         &self.label
     }
 
+    /// [`PluginId::label`], shared rather than copied.
+    pub fn label_shared(&self) -> Arc<str> {
+        self.label.clone()
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
