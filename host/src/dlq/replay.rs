@@ -20,7 +20,7 @@ use super::progress::Progress;
 use super::{CONNECT_TIMEOUT, Destination, client_settings, pipeline};
 use crate::config::{Config, PipelineConfig, RetryConfig};
 use crate::kafka::replay::{Start, TopicReader};
-use crate::kafka::{BrokerStats, ClientEvents, Delivery, Outgoing, Producer};
+use crate::kafka::{Delivery, NoEvents, Outgoing, Producer};
 use crate::pipeline::deadletter::Labels;
 use crate::record::{FailureKind, Record};
 use crate::runtime::{Instance, Plugin, Runtime};
@@ -277,15 +277,6 @@ async fn settle(pending: &mut Vec<Delivery>) -> anyhow::Result<()> {
             .context("the broker refused a replayed record; progress up to the last acknowledged batch is committed")?;
     }
     Ok(())
-}
-
-/// Client errors are logged (rate-limited) by the client's context; a
-/// replay has no health to report them to.
-struct NoEvents;
-
-impl ClientEvents for NoEvents {
-    fn client_error(&self, _error: &str, _fatal: bool) {}
-    fn stats(&self, _stats: BrokerStats) {}
 }
 
 /// What the plugin made of a replayed record.

@@ -60,6 +60,16 @@ pub trait ClientEvents: Send + Sync {
     fn stats(&self, stats: BrokerStats);
 }
 
+/// For clients with no health to report to (a replay, the tools): client
+/// errors are still logged, rate-limited, by the client's context.
+#[derive(Debug)]
+pub struct NoEvents;
+
+impl ClientEvents for NoEvents {
+    fn client_error(&self, _error: &str, _fatal: bool) {}
+    fn stats(&self, _stats: BrokerStats) {}
+}
+
 /// The context shared by a pipeline's consumer and producer.
 pub(crate) struct Context {
     /// Which pipeline, for log lines.

@@ -8,7 +8,7 @@
 //! # Layout
 //! - `context`: callbacks: rebalances, rate-limited logs, errors, statistics.
 //! - `consumer`: the consumer wrapper speaking in [`Record`]s.
-//! - `producer`: the producer wrapper and its delivery futures.
+//! - `producer`: the producer wrapper; delivery reports counted per group of sends.
 //! - `admin`: cluster metadata and topic creation (preflight checks).
 //! - `control`: the fleet's control topic (publish and follow plugin versions).
 //! - `embedded`: the in-process mock cluster for `brokers = "embedded"` and tests.
@@ -28,7 +28,7 @@ pub mod tools;
 use std::collections::BTreeMap;
 
 pub use consumer::{Consumer, PartitionQueue};
-pub use context::{BrokerStats, ClientEvents, PartitionStats, RebalanceListener};
+pub use context::{BrokerStats, ClientEvents, NoEvents, PartitionStats, RebalanceListener};
 pub use producer::{Acks, Delivery, Mark, Outgoing, Producer, SendError};
 
 use crate::record::Record;

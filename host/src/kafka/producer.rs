@@ -194,10 +194,27 @@ impl Producer {
     }
 
     /// Hands a record to librdkafka as send `index` of `acks`' group, whose
-    /// delivery report then counts the group down. Waits while librdkafka's
-    /// queue is full; other errors come back at once (and the send is not
-    /// part of the group).
-    pub async fn send_to(
+    /// delivery report then counts the group down; a record librdkafka
+    /// refuses at once is reported to the group as failed at once. Waits
+    /// while librdkafka's queue is full.
+    pub async fn send_to(&self, record: &Outgoing, acks: &Arc<Acks>, index: usize) {
+        if let Err(error) = self.enqueue(record, acks, index).await {
+            acks.report(index, Err(error));
+        }
+    }
+
+    /// Hands one record to librdkafka and returns its delivery. Waits while
+    /// librdkafka's queue is full; other errors come back at once.
+    pub async fn send(&self, record: &Outgoing) -> Result<Delivery, SendError> {
+        let acks = Acks::new();
+        self.enqueue(record, &acks, 0).await?;
+        acks.seal();
+        Ok(Delivery(acks))
+    }
+
+    /// Counts a send into `acks` and queues it in librdkafka; when
+    /// librdkafka refuses it, it stays counted and the error comes back.
+    async fn enqueue(
         &self,
         record: &Outgoing,
         acks: &Arc<Acks>,
@@ -229,21 +246,9 @@ impl Producer {
                     base = back;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Err((error, _)) => {
-                    acks.count_down();
-                    return Err(error.into());
-                }
+                Err((error, _)) => return Err(error.into()),
             }
         }
-    }
-
-    /// Hands one record to librdkafka and returns its delivery. Waits while
-    /// librdkafka's queue is full; other errors come back at once.
-    pub async fn send(&self, record: &Outgoing) -> Result<Delivery, SendError> {
-        let acks = Acks::new();
-        self.send_to(record, &acks, 0).await?;
-        acks.seal();
-        Ok(Delivery(acks))
     }
 
     /// Waits (bounded) until everything queued is delivered or failed.
@@ -262,7 +267,7 @@ impl Producer {
 
 /// `record`'s headers as librdkafka takes them, if it has any (librdkafka
 /// allocates a header list even when it stays empty).
-pub(super) fn owned_headers(record: &Outgoing) -> Option<OwnedHeaders> {
+fn owned_headers(record: &Outgoing) -> Option<OwnedHeaders> {
     let count = record.headers.len() + usize::from(record.mark.is_some());
     if count == 0 {
         return None;

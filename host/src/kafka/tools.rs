@@ -2,72 +2,38 @@
 //! records, read a topic from the beginning. Not used on the hot path.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::producer::owned_headers;
-use super::{Outgoing, to_record};
+use super::{Acks, ClientSettings, NoEvents, Outgoing, Producer, to_record};
 use crate::record::Record;
 
-/// Produces `records` and waits for every acknowledgement.
+/// Produces `records` and waits for every acknowledgement, with the
+/// pipeline's own producer settings (idempotent, `acks=all`).
 pub async fn produce_all(brokers: &str, records: &[Outgoing]) -> anyhow::Result<()> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000")
-        .create()
-        .context("creating a producer")?;
-    let mut deliveries = Vec::with_capacity(records.len());
-    for r in records {
-        let mut fr = FutureRecord::<[u8], [u8]>::to(&r.topic);
-        if let Some(headers) = owned_headers(r) {
-            fr = fr.headers(headers);
+    let settings = ClientSettings {
+        brokers: brokers.to_owned(),
+        group: String::new(),
+        properties: BTreeMap::new(),
+        consumer_properties: BTreeMap::new(),
+        producer_properties: BTreeMap::from([("message.timeout.ms".into(), "30000".into())]),
+    };
+    let producer = Producer::new(&settings, "tools", Arc::new(NoEvents))?;
+    // Groups keep the acknowledgements we hold bounded.
+    for group in records.chunks(10_000) {
+        let acks = Acks::new();
+        for (index, record) in group.iter().enumerate() {
+            producer.send_to(record, &acks, index).await;
         }
-        if let Some(k) = &r.key {
-            fr = fr.key(k.as_slice());
+        acks.seal();
+        if let Some((index, error)) = acks.wait().await.into_iter().next() {
+            bail!("producing a record to {}: {error}", group[index].topic);
         }
-        if let Some(v) = &r.value {
-            fr = fr.payload(v.as_slice());
-        }
-        if let Some(ts) = r.timestamp {
-            fr = fr.timestamp(ts);
-        }
-        // `send_result` queues at once and hands back the delivery future
-        // (`FutureProducer::send` would queue only when awaited: one record
-        // per linger period).
-        let delivery = loop {
-            match producer.send_result(fr) {
-                Ok(delivery) => break delivery,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    fr = back;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((e, _)) => return Err(e).context("producing a record"),
-            }
-        };
-        deliveries.push(delivery);
-        // Keep the acknowledgements we hold bounded.
-        if deliveries.len() >= 10_000 {
-            for d in deliveries.drain(..) {
-                d.await
-                    .context("producer closed")?
-                    .map_err(|(e, _)| e)
-                    .context("producing a record")?;
-            }
-        }
-    }
-    for d in deliveries {
-        d.await
-            .context("producer closed")?
-            .map_err(|(e, _)| e)
-            .context("producing a record")?;
     }
     Ok(())
 }

@@ -51,10 +51,8 @@ pub(super) struct Handed {
     records: Vec<Pending>,
     /// Every record's sends, in order, kept so they can be sent again.
     sends: Vec<Outgoing>,
-    /// Their delivery reports, by index in `sends`.
+    /// Their delivery reports (or refusals), by index in `sends`.
     acks: Arc<Acks>,
-    /// Sends librdkafka refused at once, by index in `sends`.
-    refused: Vec<(usize, SendError)>,
     /// The batch's share of the partition's unacknowledged bytes, given
     /// back when the acker is done with all of it.
     _bytes: OwnedSemaphorePermit,
@@ -282,7 +280,6 @@ async fn hand_over(
     let mut records = Vec::with_capacity(staged.len());
     let mut sends = Vec::with_capacity(staged.len());
     let delivered = Acks::new();
-    let mut refused = Vec::new();
     for Staged {
         offset,
         records: outgoing,
@@ -296,10 +293,10 @@ async fn hand_over(
         });
         for record in outgoing {
             let index = sends.len();
-            let sent = part.shared.producer.send_to(&record, &delivered, index);
-            if let Err(error) = sent.await {
-                refused.push((index, error));
-            }
+            part.shared
+                .producer
+                .send_to(&record, &delivered, index)
+                .await;
             sends.push(record);
         }
     }
@@ -308,7 +305,6 @@ async fn hand_over(
         records,
         sends,
         acks: delivered,
-        refused,
         _bytes: permit,
     })
     .await
@@ -336,15 +332,9 @@ pub(super) async fn acker(part: Arc<Partition>, mut rx: mpsc::Receiver<Handed>, 
             records,
             sends,
             acks,
-            mut refused,
             _bytes,
         } = handed;
-        let mut failed = acks.wait().await;
-        if !refused.is_empty() {
-            failed.append(&mut refused);
-            failed.sort_unstable_by_key(|(index, _)| *index);
-        }
-        let mut failed = failed.into_iter().peekable();
+        let mut failed = acks.wait().await.into_iter().peekable();
         let mut sends = sends.iter().enumerate();
         // The last record of this batch whose sends are all acknowledged.
         let mut finished = None;
