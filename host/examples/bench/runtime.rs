@@ -218,11 +218,18 @@ pub fn per_record_bench() -> anyhow::Result<()> {
     )?;
     let mut i = Instance::new(fresh);
     let r = record(0);
+    // `SANDPIPER_BENCH_RECORDS=N`: a longer loop, for a profile.
+    let n: u64 = std::env::var("SANDPIPER_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    // The first instance compiles the trampolines; keep it out of the figure.
+    i.handle(&r).map_err(|f| anyhow::anyhow!("{f}"))?;
     let t = Instant::now();
-    for _ in 0..20_000 {
+    for _ in 0..n {
         i.handle(&r).map_err(|f| anyhow::anyhow!("{f}"))?;
     }
-    println!("per-record isolation {}", per_record(20_000, t.elapsed()));
+    println!("per-record isolation {}", per_record(n, t.elapsed()));
     Ok(())
 }
 
