@@ -9,7 +9,7 @@ use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 
 use crate::matrix::{Row, median_by};
-use crate::scenario::{Mode, Throughput};
+use crate::scenario::{Latency, Mode, Throughput};
 
 fn rate(r: &Row) -> f64 {
     r.throughput.rate()
@@ -70,26 +70,32 @@ fn all_positive(r: &Row, f: fn(&Throughput) -> f64) -> bool {
         .all(|t| f(t) > 0.0)
 }
 
-/// Milliseconds `r`'s p99 adds to `base`'s at the same rate: the median of
-/// the rounds' own differences when both ran the same rounds (as for
+/// `f` of `r`'s fixed-rate run against `base`'s at the same rate: the
+/// median of the rounds' own values when both ran the same rounds (as for
 /// [`paired_ratio`]). `None` when they did not run at the same rate.
-fn added_p99_ms(r: &Row, base: &Row) -> Option<f64> {
+fn paired_latency(r: &Row, base: &Row, f: fn(&Latency, &Latency) -> f64) -> Option<f64> {
     let (l, b) = (r.latency.as_ref()?, base.latency.as_ref()?);
     if l.rate != b.rate {
         return None;
     }
-    let ms = if r.latencies.len() > 1 && r.latencies.len() == base.latencies.len() {
-        median(
-            &r.latencies
-                .iter()
-                .zip(&base.latencies)
-                .map(|(a, b)| a.p99_us - b.p99_us)
-                .collect::<Vec<_>>(),
-        )
-    } else {
-        l.p99_us - b.p99_us
-    };
-    Some(ms / 1000.0)
+    Some(
+        if r.latencies.len() > 1 && r.latencies.len() == base.latencies.len() {
+            median(
+                &r.latencies
+                    .iter()
+                    .zip(&base.latencies)
+                    .map(|(a, b)| f(a, b))
+                    .collect::<Vec<_>>(),
+            )
+        } else {
+            f(l, b)
+        },
+    )
+}
+
+/// Milliseconds `r`'s p99 adds to `base`'s at the same rate.
+fn added_p99_ms(r: &Row, base: &Row) -> Option<f64> {
+    paired_latency(r, base, |a, b| (a.p99_us - b.p99_us) / 1000.0)
 }
 
 /// The row of `mode` at (`size`, `workers`).
@@ -119,8 +125,8 @@ fn config_label((size, workers): (usize, usize)) -> String {
 /// The results table, in Markdown.
 pub fn table(rows: &[Row]) -> String {
     let mut t = String::from(
-        "| records | workers | scenario | records/s (range) | MB/s | × native | CPU µs/record | × native | peak RSS | fixed rate (records/s) | p50 | p99 (range) | p99 added |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| records | workers | scenario | records/s (range) | MB/s | × native | CPU µs/record | × native | peak RSS | × native | fixed rate (records/s) | p50 | × native | p99 (range) | × native | p99 added |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let base = find(rows, r.size, r.workers, r.mode.baseline());
@@ -128,6 +134,11 @@ pub fn table(rows: &[Row]) -> String {
             Some(b) if all_positive(b, f) => format!("{:.2}", paired_ratio(r, b, f)),
             Some(_) => "n/a".to_owned(),
             None => String::new(),
+        };
+        // Latency against the native loop at the same rate.
+        let latency = |f: fn(&Latency, &Latency) -> f64, unit: fn(f64) -> String| {
+            base.and_then(|b| paired_latency(r, b, f))
+                .map_or_else(|| "n/a".to_owned(), unit)
         };
         let (rate_at, p50, p99) = r.latency.as_ref().map_or_else(Default::default, |l| {
             let mut p99 = format!("{:.1} ms", l.p99_us / 1000.0);
@@ -141,13 +152,10 @@ pub fn table(rows: &[Row]) -> String {
                 p99,
             )
         });
-        // Added latency: against the native loop at the same rate.
-        let added = base
-            .and_then(|b| added_p99_ms(r, b))
-            .map_or_else(|| "n/a".to_owned(), |ms| format!("{ms:+.1} ms"));
+        let times = |x: f64| format!("{x:.2}");
         let _ = writeln!(
             t,
-            "| {} B | {} | {} | {} | {:.1} | {} | {:.1} | {} | {} MiB | {rate_at} | {p50} | {p99} | {added} |",
+            "| {} B | {} | {} | {} | {:.1} | {} | {:.1} | {} | {} MiB | {} | {rate_at} | {p50} | {} | {p99} | {} | {} |",
             r.size,
             r.workers,
             r.mode.label(),
@@ -157,6 +165,11 @@ pub fn table(rows: &[Row]) -> String {
             cpu_us(r),
             ratio(Throughput::cpu_us),
             r.throughput.peak_rss_kib / 1024,
+            ratio(|t| t.peak_rss_kib as f64),
+            latency(|a, b| a.p50_us / b.p50_us, times),
+            latency(|a, b| a.p99_us / b.p99_us, times),
+            base.and_then(|b| added_p99_ms(r, b))
+                .map_or_else(|| "n/a".to_owned(), |ms| format!("{ms:+.1} ms")),
         );
     }
     t
