@@ -136,9 +136,9 @@ pub fn table(rows: &[Row]) -> String {
             None => String::new(),
         };
         // Latency against the native loop at the same rate.
-        let latency = |f: fn(&Latency, &Latency) -> f64, unit: fn(f64) -> String| {
+        let latency_ratio = |f: fn(&Latency, &Latency) -> f64| {
             base.and_then(|b| paired_latency(r, b, f))
-                .map_or_else(|| "n/a".to_owned(), unit)
+                .map_or_else(|| "n/a".to_owned(), |x| format!("{x:.2}"))
         };
         let (rate_at, p50, p99) = r.latency.as_ref().map_or_else(Default::default, |l| {
             let mut p99 = format!("{:.1} ms", l.p99_us / 1000.0);
@@ -152,7 +152,6 @@ pub fn table(rows: &[Row]) -> String {
                 p99,
             )
         });
-        let times = |x: f64| format!("{x:.2}");
         let _ = writeln!(
             t,
             "| {} B | {} | {} | {} | {:.1} | {} | {:.1} | {} | {} MiB | {} | {rate_at} | {p50} | {} | {p99} | {} | {} |",
@@ -166,8 +165,8 @@ pub fn table(rows: &[Row]) -> String {
             ratio(Throughput::cpu_us),
             r.throughput.peak_rss_kib / 1024,
             ratio(|t| t.peak_rss_kib as f64),
-            latency(|a, b| a.p50_us / b.p50_us, times),
-            latency(|a, b| a.p99_us / b.p99_us, times),
+            latency_ratio(|a, b| a.p50_us / b.p50_us),
+            latency_ratio(|a, b| a.p99_us / b.p99_us),
             base.and_then(|b| added_p99_ms(r, b))
                 .map_or_else(|| "n/a".to_owned(), |ms| format!("{ms:+.1} ms")),
         );
