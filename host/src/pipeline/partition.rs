@@ -58,11 +58,23 @@ pub(super) struct Handed {
     _bytes: OwnedSemaphorePermit,
 }
 
-/// What a record asks to produce, before it is sent.
+/// What the records handled so far produce, before it is sent: the
+/// pieces of the next [`Handed`].
+#[derive(Default)]
 struct Staged {
-    offset: i64,
-    records: Vec<Outgoing>,
-    dead_letter: bool,
+    records: Vec<Pending>,
+    sends: Vec<Outgoing>,
+}
+
+impl Staged {
+    fn push(&mut self, offset: i64, dead_letter: bool, sends: Vec<Outgoing>) {
+        self.records.push(Pending {
+            offset,
+            sends: sends.len(),
+            dead_letter,
+        });
+        self.sends.extend(sends);
+    }
 }
 
 /// Everything a partition's two tasks share.
@@ -137,7 +149,7 @@ async fn run_batch(
     let mut host_errors: u32 = 0;
     // What the records handled so far produce, handed over in order after
     // each plugin run and before any wait.
-    let mut staged = Vec::with_capacity(queue.len());
+    let mut staged = Staged::default();
     while !queue.is_empty() {
         if part.cancel.is_cancelled() {
             // Revoked or shutting down: what is left is not started, and its
@@ -163,11 +175,11 @@ async fn run_batch(
         for (record, outcome) in result.done {
             let failure = match outcome {
                 Ok(outputs) => {
-                    staged.push(Staged {
-                        offset: record.offset,
-                        records: shared.labels.outputs(outputs, plugin.id()),
-                        dead_letter: false,
-                    });
+                    staged.push(
+                        record.offset,
+                        false,
+                        shared.labels.outputs(outputs, plugin.id()),
+                    );
                     attempts = 1;
                     host_errors = 0;
                     continue;
@@ -220,11 +232,11 @@ async fn run_batch(
                 .dead_lettered
                 .fetch_add(1, Ordering::Relaxed);
             part.metrics.dead_lettered.inc();
-            staged.push(Staged {
-                offset: record.offset,
-                records: vec![shared.labels.dead_letter(record, &failure, attempts)],
-                dead_letter: true,
-            });
+            staged.push(
+                record.offset,
+                true,
+                vec![shared.labels.dead_letter(record, &failure, attempts)],
+            );
             attempts = 1;
             host_errors = 0;
         }
@@ -259,51 +271,27 @@ fn successes(done: &[(Record, Outcome)]) -> (u64, u64) {
 /// batch, emptying `staged`. Waits first for the batch's share of the
 /// partition's byte budget; a batch larger than the whole budget still
 /// goes, alone. False when the partition must stop.
-async fn hand_over(
-    part: &Partition,
-    staged: &mut Vec<Staged>,
-    acks: &mpsc::Sender<Handed>,
-) -> bool {
-    if staged.is_empty() {
+async fn hand_over(part: &Partition, staged: &mut Staged, acks: &mpsc::Sender<Handed>) -> bool {
+    if staged.records.is_empty() {
         return true;
     }
-    let bytes: usize = staged
-        .iter()
-        .flat_map(|s| &s.records)
-        .map(Outgoing::size)
-        .sum();
+    let bytes: usize = staged.sends.iter().map(Outgoing::size).sum();
     let budget = u32::try_from(bytes.min(part.shared.max_unacked_bytes)).unwrap_or(u32::MAX);
     // The semaphore is never closed.
     let Ok(permit) = part.unacked_bytes.clone().acquire_many_owned(budget).await else {
         return false;
     };
-    let mut records = Vec::with_capacity(staged.len());
-    let mut sends = Vec::with_capacity(staged.len());
     let delivered = Acks::new();
-    for Staged {
-        offset,
-        records: outgoing,
-        dead_letter,
-    } in staged.drain(..)
-    {
-        records.push(Pending {
-            offset,
-            sends: outgoing.len(),
-            dead_letter,
-        });
-        for record in outgoing {
-            let index = sends.len();
-            part.shared
-                .producer
-                .send_to(&record, &delivered, index)
-                .await;
-            sends.push(record);
-        }
+    for (index, record) in staged.sends.iter().enumerate() {
+        part.shared
+            .producer
+            .send_to(record, &delivered, index)
+            .await;
     }
     delivered.seal();
     acks.send(Handed {
-        records,
-        sends,
+        records: std::mem::take(&mut staged.records),
+        sends: std::mem::take(&mut staged.sends),
         acks: delivered,
         _bytes: permit,
     })
@@ -371,7 +359,7 @@ pub(super) async fn acker(part: Arc<Partition>, mut rx: mpsc::Receiver<Handed>, 
 async fn redeliver(
     part: &Partition,
     sent: Sent<'_>,
-    error: SendError,
+    mut error: SendError,
     finished: &mut Option<i64>,
 ) -> bool {
     let Sent {
@@ -381,7 +369,6 @@ async fn redeliver(
     } = sent;
     let shared = &part.shared;
     store(part, finished.take());
-    let mut error = error;
     let mut failures: u32 = 0;
     loop {
         failures += 1;
