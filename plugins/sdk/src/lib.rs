@@ -60,9 +60,16 @@ pub mod __private {
         // `trap`, trap code `panic` and the panic's report as the message.
         static HOOK: std::sync::Once = std::sync::Once::new();
         HOOK.call_once(|| {
-            let report = std::panic::take_hook();
-            std::panic::set_hook(Box::new(move |info| {
-                report(info);
+            std::panic::set_hook(Box::new(|info| {
+                use std::io::Write as _;
+                // The report in one write: std's own hook writes it in
+                // pieces, each a WASI call (three with the stream's handle).
+                let payload = info.payload_as_str().unwrap_or("Box<dyn Any>");
+                let report = match info.location() {
+                    Some(at) => format!("panicked at {at}:\n{payload}\n"),
+                    None => format!("panicked:\n{payload}\n"),
+                };
+                let _ = std::io::stderr().write_all(report.as_bytes());
                 // WASI 0.2 carries only failure: the host sees status 1.
                 std::process::exit(101);
             }));
