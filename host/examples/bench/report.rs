@@ -201,9 +201,11 @@ pub fn targets(rows: &[Row]) -> String {
             if let (Some(ln), Some(added)) = (&n.latency, added_p99_ms(r, n)) {
                 let _ = writeln!(
                     t,
-                    "  - at {} records/s (half reuse mode's live maximum, {:.0} records/s; its drain maximum {:.0}): reuse adds {added:+.1} ms to the native loop's p99, {} (≤ 1 ms: {})",
+                    "  - at {} records/s (half the lower live maximum: reuse mode's {:.0} records/s, the native loop's {}; reuse's drain maximum {:.0}): reuse adds {added:+.1} ms to the native loop's p99, {} (≤ 1 ms: {})",
                     ln.rate,
                     r.live_max.unwrap_or(f64::NAN),
+                    n.live_max
+                        .map_or_else(|| "not searched".to_owned(), |m| format!("{m:.0}")),
                     rate(r),
                     match r.latencies.len() {
                         n @ 2.. => format!("the median of {n} rounds"),

@@ -107,17 +107,24 @@ impl Mode {
         }
     }
 
-    /// The mode whose maximum (drain) rate, halved, sets this mode's rate in
-    /// the latency run: Sandpiper's reuse mode for the passthrough modes
-    /// and the native loop (the target: reuse at half its maximum;
-    /// the native loop at the same rate for the comparison), each other
-    /// Sandpiper mode its own, the native JSON loop the Wasm one's.
+    /// The mode whose live maximum sets this mode's rate in the latency
+    /// run: Sandpiper's reuse mode for the passthrough modes and the native
+    /// loop (the target: reuse at half its maximum; the native loop
+    /// at the same rate for the comparison), each other Sandpiper mode its
+    /// own, the native JSON loop the Wasm one's. The native loop of a rate
+    /// is searched too, and the lower maximum counts (see
+    /// `matrix::shared_maximum`).
     pub fn latency_rate_from(self) -> Self {
         match self {
             Self::Native | Self::Reuse | Self::Traps => Self::Reuse,
             Self::PerRecord => Self::PerRecord,
             Self::NativeJson | Self::Json => Self::Json,
         }
+    }
+
+    /// The native loops (no Wasm).
+    pub fn is_native(self) -> bool {
+        matches!(self, Self::Native | Self::NativeJson)
     }
 
     /// Whether the input holds 1% trapping records.
@@ -556,16 +563,9 @@ async fn latency(
         .map_err(|_| anyhow::anyhow!("reader panicked"))??;
     contender.stop().await;
     let samples = first_arrivals(&samples.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
-    // Only records that were sent and do not trap come out, once each here.
-    let missing = expected.saturating_sub(samples.len());
-    if missing > 0 && !search {
-        bail!(
-            "{:?}: {missing} of {expected} outputs missing after 60 s",
-            spec.mode,
-        );
-    }
     // `SANDPIPER_BENCH_SAMPLES=DIR`: every first arrival as `seq ns` lines
-    // (DIR/<mode>-<rate>-<pid>.txt), to see when the slow ones came.
+    // (DIR/<mode>-<rate>-<pid>.txt), to see when the slow ones came (or,
+    // in a failed run, which ones never did).
     if let Some(dir) = std::env::var_os("SANDPIPER_BENCH_SAMPLES") {
         let path = std::path::Path::new(&dir).join(format!(
             "{}-{rate}-{}.txt",
@@ -577,6 +577,14 @@ async fn latency(
             .map(|(seq, ns)| format!("{seq} {ns}\n"))
             .collect();
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    // Only records that were sent and do not trap come out, once each here.
+    let missing = expected.saturating_sub(samples.len());
+    if missing > 0 && !search {
+        bail!(
+            "{:?}: {missing} of {expected} outputs missing after 60 s",
+            spec.mode,
+        );
     }
     // The first fifth warms the path up (connections, instances, batches).
     let mut steady: Vec<u64> = samples
