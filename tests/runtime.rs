@@ -63,6 +63,16 @@ fn a_panic_is_a_trap_with_its_report_as_the_message() {
     assert_eq!(f.plugin.name(), "chaos");
     // The instance is replaced: the next record is handled.
     assert!(i.handle(&record(1, "hello")).is_ok());
+    // A report longer than the hook's buffer is written whole, in pieces.
+    let f = fails(i.handle(&record(2, "long-panic")));
+    assert_eq!(f.trap.as_deref(), Some("panic"));
+    let long = format!("chaos: {} long panic", "x".repeat(3000));
+    assert!(
+        f.message.starts_with("panicked at ") && f.message.ends_with(&long),
+        "message: {}",
+        f.message
+    );
+    assert_eq!(f.stderr.matches("panicked at ").count(), 1, "written once");
 }
 
 #[test]

@@ -257,7 +257,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
         // its offsets); then halfway between the highest offer it kept up
         // with and the lowest it did not, until they are within 15% or
         // after `live_offers`. Its live maximum is the highest offer it
-        // kept up with (or what it completed last, if none).
+        // kept up with (or the most it completed in one, if none).
         // One fixed-rate run of `mode` on a mock cluster of its own.
         let mut fixed_rate = |mode, rate, seconds, search| {
             run_id += 1;
@@ -285,7 +285,9 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
             };
             let (mut kept_up, mut fell_behind) = (0.0f64, f64::INFINITY);
             let mut offered = base.throughput.rate();
-            let mut completed = offered;
+            // The most completed in any offer: the maximum when none was
+            // kept up with (an offer far above it can complete nothing).
+            let mut best = 0.0f64;
             for _ in 0..plan.live_offers {
                 let live = fixed_rate(mode, offered as u64, plan.live_seconds, true)?;
                 eprintln!(
@@ -293,7 +295,8 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
                     mode.label(),
                     live.achieved,
                 );
-                completed = live.achieved;
+                let completed = live.achieved;
+                best = best.max(completed);
                 if completed >= 0.95 * offered {
                     kept_up = offered;
                 } else {
@@ -313,9 +316,11 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
                     completed.max(offered / 2.0)
                 };
             }
-            let maximum = if kept_up > 0.0 { kept_up } else { completed };
+            let maximum = if kept_up > 0.0 { kept_up } else { best };
+            // None found (every offer lost its records): the rate comes
+            // from the other mode searched for it, or the drain maximum.
             if let Some(row) = row_mut(&mut rows, size, workers, mode) {
-                row.live_max = Some(maximum);
+                row.live_max = (maximum > 0.0).then_some(maximum);
             }
         }
         // Latency at a fixed rate, half a live maximum, in rounds that

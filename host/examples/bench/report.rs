@@ -205,7 +205,7 @@ pub fn targets(rows: &[Row]) -> String {
                     ln.rate,
                     r.live_max.unwrap_or(f64::NAN),
                     n.live_max
-                        .map_or_else(|| "not searched".to_owned(), |m| format!("{m:.0}")),
+                        .map_or_else(|| "none found".to_owned(), |m| format!("{m:.0}")),
                     rate(r),
                     match r.latencies.len() {
                         n @ 2.. => format!("the median of {n} rounds"),

@@ -61,15 +61,26 @@ pub mod __private {
         static HOOK: std::sync::Once = std::sync::Once::new();
         HOOK.call_once(|| {
             std::panic::set_hook(Box::new(|info| {
-                use std::io::Write as _;
-                // The report in one write: std's own hook writes it in
-                // pieces, each a WASI call (three with the stream's handle).
+                use std::io::Write;
                 let payload = info.payload_as_str().unwrap_or("Box<dyn Any>");
-                let report = match info.location() {
-                    Some(at) => format!("panicked at {at}:\n{payload}\n"),
-                    None => format!("panicked:\n{payload}\n"),
+                let report = |out: &mut dyn Write| match info.location() {
+                    Some(at) => write!(out, "panicked at {at}:\n{payload}\n"),
+                    None => write!(out, "panicked:\n{payload}\n"),
                 };
-                let _ = std::io::stderr().write_all(report.as_bytes());
+                // In one write where it fits: std's own hook writes the
+                // report in pieces, each a WASI call (three with the
+                // stream's handle). A buffer on the stack, not the heap: the
+                // panic may be about memory.
+                let mut buffer = [0u8; 2048];
+                let mut cursor = std::io::Cursor::new(&mut buffer[..]);
+                let mut stderr = std::io::stderr();
+                let _ = match report(&mut cursor) {
+                    Ok(()) => {
+                        let len = cursor.position() as usize;
+                        stderr.write_all(&buffer[..len])
+                    }
+                    Err(_) => report(&mut stderr),
+                };
                 // WASI 0.2 carries only failure: the host sees status 1.
                 std::process::exit(101);
             }));

@@ -9,6 +9,7 @@
 //! | `panic`             | `panic!("chaos: panic on demand")`                                    | trap `panic`                     |
 //! | `unwrap-none`       | `None::<u32>.unwrap()` (black-boxed)                                  | trap `panic`                     |
 //! | `divide-by-zero`    | `black_box(1i32) / black_box(0i32)` (Rust panics first)               | trap `panic`                     |
+//! | `long-panic`        | a panic whose message is over 3,000 bytes (more than the SDK hook's buffer) | trap `panic`             |
 //! | `panic-unhooked`    | restores std's panic hook (no SDK hook), then panics                  | trap `panic` (through `unreachable`) |
 //! | `abort`             | `std::process::abort()`: no panic report                              | trap `unreachable`               |
 //! | `exit`              | `std::process::exit(3)` in the middle of a record                     | trap `exit`                      |
@@ -52,6 +53,7 @@ impl Handler for Chaos {
         let command = msg.value_str().map(str::trim).unwrap_or_default();
         match command {
             "panic" => panic!("chaos: panic on demand"),
+            "long-panic" => panic!("chaos: {} long panic", "x".repeat(3000)),
             "panic-unhooked" => {
                 drop(std::panic::take_hook());
                 panic!("chaos: panic without the SDK's hook")
