@@ -265,16 +265,15 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
         };
         // Searched: each rate's reference mode, and the native loop that
         // runs at the same rate (it has to keep up with it too).
-        let mut references: Vec<Mode> = Vec::new();
-        for &mode in &plan.modes {
-            let reference = mode.latency_rate_from();
-            for m in [reference, mode] {
-                let shares = m == reference || (m.is_native() && plan.modes.contains(&reference));
-                if shares && !references.contains(&m) {
-                    references.push(m);
-                }
-            }
-        }
+        let mut references: Vec<Mode> = plan
+            .modes
+            .iter()
+            .copied()
+            .filter(|m| {
+                let reference = m.latency_rate_from();
+                *m == reference || (m.is_native() && plan.modes.contains(&reference))
+            })
+            .collect();
         // A rate given on the command line (profiling) needs no search.
         if plan.rate_override.is_some() {
             references.clear();

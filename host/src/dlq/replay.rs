@@ -337,7 +337,7 @@ impl Runner {
             let mut failure = match outcome {
                 Ok(outputs) => {
                     return Ok(Handled::Outputs(
-                        self.labels.outputs(outputs, self.plugin.id()),
+                        self.labels.outputs(outputs, self.plugin.id()).collect(),
                     ));
                 }
                 Err(failure) => failure,

@@ -68,30 +68,32 @@ pub struct Labels {
 }
 
 impl Labels {
-    /// The records to produce for a plugin's outputs.
-    pub fn outputs(&self, outputs: Vec<Output>, plugin: &PluginId) -> Vec<Outgoing> {
-        outputs
-            .into_iter()
-            .map(|o| {
-                let mut headers = o.headers;
-                let mark = self.plugin_header.then(|| {
-                    // The plugin cannot set ours.
-                    headers.retain(|(k, _)| k != H_PLUGIN);
-                    Mark {
-                        key: H_PLUGIN,
-                        value: plugin.label_shared(),
-                    }
-                });
-                Outgoing {
-                    topic: o.topic.unwrap_or_else(|| self.output.clone()),
-                    key: o.key,
-                    value: o.value,
-                    headers,
-                    mark,
-                    timestamp: None,
+    /// The records to produce for a plugin's outputs (an iterator, so that
+    /// the pipeline stages them without a vector per record).
+    pub fn outputs<'a>(
+        &'a self,
+        outputs: Vec<Output>,
+        plugin: &'a PluginId,
+    ) -> impl ExactSizeIterator<Item = Outgoing> + 'a {
+        outputs.into_iter().map(move |o| {
+            let mut headers = o.headers;
+            let mark = self.plugin_header.then(|| {
+                // The plugin cannot set ours.
+                headers.retain(|(k, _)| k != H_PLUGIN);
+                Mark {
+                    key: H_PLUGIN,
+                    value: plugin.label_shared(),
                 }
-            })
-            .collect()
+            });
+            Outgoing {
+                topic: o.topic.unwrap_or_else(|| self.output.clone()),
+                key: o.key,
+                value: o.value,
+                headers,
+                mark,
+                timestamp: None,
+            }
+        })
     }
 
     /// The dead letter of `record`: its key, value, headers and timestamp
@@ -198,20 +200,23 @@ mod tests {
     #[test]
     fn outputs_default_topic_and_plugin_header() {
         let plugin = PluginId::new("up", b"v1");
-        let outs = labels().outputs(
-            vec![
-                Output {
-                    value: Some(b"a".to_vec()),
-                    headers: vec![(H_PLUGIN.into(), b"spoofed".to_vec())],
-                    ..Output::default()
-                },
-                Output {
-                    topic: Some("elsewhere".into()),
-                    ..Output::default()
-                },
-            ],
-            &plugin,
-        );
+        let labels = labels();
+        let outs: Vec<Outgoing> = labels
+            .outputs(
+                vec![
+                    Output {
+                        value: Some(b"a".to_vec()),
+                        headers: vec![(H_PLUGIN.into(), b"spoofed".to_vec())],
+                        ..Output::default()
+                    },
+                    Output {
+                        topic: Some("elsewhere".into()),
+                        ..Output::default()
+                    },
+                ],
+                &plugin,
+            )
+            .collect();
         assert_eq!(outs[0].topic, "out");
         assert_eq!(outs[1].topic, "elsewhere");
         assert_eq!(outs[0].headers, vec![], "the plugin's own mark is dropped");
@@ -221,9 +226,9 @@ mod tests {
         }
         let unmarked = Labels {
             plugin_header: false,
-            ..labels()
+            ..labels
         };
-        let outs = unmarked.outputs(vec![Output::default()], &plugin);
+        let outs: Vec<Outgoing> = unmarked.outputs(vec![Output::default()], &plugin).collect();
         assert_eq!(outs[0].mark, None);
     }
 }

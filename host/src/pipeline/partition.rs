@@ -67,7 +67,12 @@ struct Staged {
 }
 
 impl Staged {
-    fn push(&mut self, offset: i64, dead_letter: bool, sends: Vec<Outgoing>) {
+    fn push(
+        &mut self,
+        offset: i64,
+        dead_letter: bool,
+        sends: impl ExactSizeIterator<Item = Outgoing>,
+    ) {
         self.records.push(Pending {
             offset,
             sends: sends.len(),
@@ -235,7 +240,7 @@ async fn run_batch(
             staged.push(
                 record.offset,
                 true,
-                vec![shared.labels.dead_letter(record, &failure, attempts)],
+                std::iter::once(shared.labels.dead_letter(record, &failure, attempts)),
             );
             attempts = 1;
             host_errors = 0;
