@@ -379,6 +379,306 @@ fn ten_thousand_records_with_one_percent_traps_each_get_one_outcome() {
     assert_eq!(i.instantiations(), 101, "one instance plus one per trap");
 }
 
+/// Batches: one `handle-batch` call for several records of a plugin of the
+/// batch world (every SDK plugin), each record still on its own.
+mod batches {
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    fn records(values: &[&str]) -> Vec<sandpiper::record::Record> {
+        (0..)
+            .zip(values)
+            .map(|(offset, value)| record(offset, value))
+            .collect()
+    }
+
+    /// Runs `records` through `i` until each has an outcome, one
+    /// `handle_batch` at a time; returns the outcomes and how many records
+    /// each call took.
+    fn run_all(
+        i: &mut Instance,
+        mut records: Vec<sandpiper::record::Record>,
+    ) -> (Vec<Outcome>, Vec<usize>) {
+        let copy = records.clone();
+        let cancel = CancellationToken::new();
+        let (mut outcomes, mut calls) = (Vec::new(), Vec::new());
+        let mut from = 0;
+        while from < records.len() {
+            let mut got = Vec::new();
+            i.handle_batch(&mut records[from..], &cancel, &mut got);
+            assert!(!got.is_empty(), "a call runs at least one record");
+            calls.push(got.len());
+            from += got.len();
+            outcomes.extend(got.into_iter().map(|(outcome, _)| outcome));
+        }
+        assert_eq!(records, copy, "the records come back unchanged");
+        (outcomes, calls)
+    }
+
+    #[test]
+    fn sdk_plugins_implement_the_batch_world() {
+        let chaos = load("chaos", PluginSettings::default());
+        assert_eq!(chaos.world(), "sandpiper:plugin/batch-processor@0.1.0");
+        let single = load("single-call", PluginSettings::default());
+        assert_eq!(single.world(), "sandpiper:plugin/processor@0.1.0");
+    }
+
+    #[test]
+    fn every_field_of_every_record_reaches_the_plugin_intact_in_a_batch() {
+        let describe = ("chaos".to_owned(), b"describe".to_vec());
+        let base = sandpiper::record::Record {
+            headers: vec![describe.clone()],
+            ..record(0, "")
+        };
+        let odd = [
+            sandpiper::record::Record {
+                topic: "topic.with-ünïcode".into(),
+                partition: i32::MAX,
+                offset: i64::MAX,
+                timestamp: None,
+                key: None,
+                value: None,
+                ..base.clone()
+            },
+            sandpiper::record::Record {
+                partition: -1,
+                offset: 0,
+                timestamp: Some(-5),
+                key: Some(Vec::new()),
+                value: Some(Vec::new()),
+                ..base.clone()
+            },
+            sandpiper::record::Record {
+                topic: String::new(),
+                key: Some(vec![0, 0xff, 0x80]),
+                value: Some((0..=255).collect()),
+                headers: vec![
+                    (String::new(), Vec::new()),
+                    describe.clone(),
+                    ("dup".into(), b"1".to_vec()),
+                    ("dup".into(), vec![0xfe; 300]),
+                ],
+                ..base.clone()
+            },
+            base,
+        ];
+        let mut single = chaos(Limits::default());
+        let one_by_one: Vec<String> = odd.iter().map(|r| value(single.handle(r))).collect();
+        let mut batched = chaos(Limits::default());
+        let (outcomes, calls) = run_all(&mut batched, odd.to_vec());
+        assert_eq!(calls, [4]);
+        let in_a_batch: Vec<String> = outcomes.into_iter().map(value).collect();
+        assert_eq!(in_a_batch, one_by_one);
+        assert!(one_by_one[0].contains(r#""key":null"#), "{}", one_by_one[0]);
+        assert!(one_by_one[1].contains(r#""key":[]"#), "{}", one_by_one[1]);
+    }
+
+    #[test]
+    fn a_trap_in_a_batch_costs_only_its_record_and_the_rest_run_on_a_fresh_instance() {
+        let mut i = chaos(Limits::default());
+        let (outcomes, calls) = run_all(&mut i, records(&["a", "b", "panic", "c", "d"]));
+        assert_eq!(calls, [3, 2], "one call up to the trap, one for the rest");
+        assert_eq!(i.instantiations(), 2);
+        let values: Vec<String> = outcomes
+            .into_iter()
+            .map(|o| match o {
+                Ok(_) => value(o),
+                Err(f) => {
+                    assert_eq!(f.kind, FailureKind::Trap);
+                    assert_eq!(f.trap.as_deref(), Some("panic"));
+                    assert!(f.message.contains("chaos: panic on demand"), "{f:?}");
+                    "failed".into()
+                }
+            })
+            .collect();
+        assert_eq!(values, ["A", "B", "failed", "C", "D"]);
+    }
+
+    #[test]
+    fn each_record_of_a_batch_has_its_own_deadline() {
+        let limits = Limits {
+            timeout_ms: 150,
+            ..Limits::default()
+        };
+        let mut i = chaos(limits);
+        i.warm().expect("instantiates");
+        // 4 x 80 ms in one call: over one deadline, within each record's.
+        let (outcomes, calls) = run_all(&mut i, records(&["spin:80"; 4]));
+        assert_eq!(calls, [4]);
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+        let started = Instant::now();
+        let (outcomes, calls) = run_all(&mut i, records(&["spin:80", "loop", "after"]));
+        let took = started.elapsed();
+        assert_eq!(calls, [2, 1]);
+        assert!(outcomes[0].is_ok());
+        assert_eq!(fails(outcomes[1].clone()).kind, FailureKind::Timeout);
+        assert_eq!(value(outcomes[2].clone()), "AFTER");
+        // The loop had its own 150 ms, not what the first record left.
+        assert!(took >= Duration::from_millis(80 + 150), "{took:?}");
+    }
+
+    #[test]
+    fn fuel_is_per_record_in_a_batch() {
+        let runtime = Runtime::new(EngineSettings {
+            fuel: true,
+            ..EngineSettings::default()
+        })
+        .expect("engine");
+        let settings = PluginSettings {
+            limits: Limits {
+                fuel: Some(10_000_000),
+                timeout_ms: 10_000,
+                max_outputs: 2_000,
+                ..Limits::default()
+            },
+            ..PluginSettings::default()
+        };
+        let plugin = runtime
+            .load_file(&support::plugin("chaos"), settings)
+            .expect("loads");
+        let mut i = Instance::new(plugin);
+        // A fan-out of 2,000 costs about 4.4 million fuel (5,000 runs out):
+        // four fit in one call only if each record has its own 10 million.
+        let (outcomes, calls) = run_all(&mut i, records(&["fanout:2000"; 4]));
+        assert_eq!(calls, [4]);
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+        let (outcomes, calls) = run_all(&mut i, records(&["a", "loop", "b"]));
+        assert_eq!(calls, [2, 1]);
+        assert_eq!(fails(outcomes[1].clone()).kind, FailureKind::OutOfFuel);
+    }
+
+    #[test]
+    fn a_retry_ends_the_batch_and_a_reject_does_not() {
+        let mut i = chaos(Limits::default());
+        let (outcomes, calls) = run_all(&mut i, records(&["a", "reject", "b", "retry", "c"]));
+        assert_eq!(calls, [4, 1]);
+        assert_eq!(fails(outcomes[1].clone()).kind, FailureKind::Rejected);
+        assert_eq!(fails(outcomes[3].clone()).kind, FailureKind::Retry);
+        assert_eq!(i.instantiations(), 1, "neither costs the instance");
+    }
+
+    #[test]
+    fn a_failing_records_stderr_is_its_own() {
+        let mut i = chaos(Limits::default());
+        let (outcomes, _) = run_all(&mut i, records(&["stdout-flood", "stderr-then-panic"]));
+        assert!(outcomes[0].is_ok());
+        let f = fails(outcomes[1].clone());
+        assert!(f.stderr.starts_with("line 1\n"), "{:?}", &f.stderr[..80]);
+        assert!(!f.stderr.contains("flood"));
+    }
+
+    #[test]
+    fn outputs_over_the_limit_fail_their_record_only() {
+        let limits = Limits {
+            max_outputs: 3,
+            ..Limits::default()
+        };
+        let mut i = chaos(limits);
+        let (outcomes, calls) = run_all(&mut i, records(&["fanout:3", "fanout:4", "x"]));
+        assert_eq!(calls, [3]);
+        assert_eq!(outcomes[0].as_ref().map(Vec::len).ok(), Some(3));
+        assert_eq!(fails(outcomes[1].clone()).kind, FailureKind::OutputLimit);
+        assert_eq!(value(outcomes[2].clone()), "X");
+    }
+
+    #[test]
+    fn a_cancelled_batch_stops_after_its_first_record() {
+        let mut i = chaos(Limits::default());
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let mut records = records(&["a", "b", "c"]);
+        let mut outcomes = Vec::new();
+        i.handle_batch(&mut records, &cancel, &mut outcomes);
+        assert_eq!(outcomes.len(), 1);
+    }
+
+    #[test]
+    fn large_records_go_in_small_batches() {
+        let limits = Limits {
+            memory_mb: 32,
+            ..Limits::default()
+        };
+        let mut i = chaos(limits);
+        // The guest holds a whole batch at once: 8 x 4 MiB records, as much
+        // as its memory cap, go one by one, and smaller ones together up
+        // to 256 KiB.
+        let huge = "x".repeat(4 << 20);
+        let big = "x".repeat(200 << 10);
+        let mut values = vec![huge.as_str(); 8];
+        values.extend([big.as_str(), big.as_str(), big.as_str(), "a", "b"]);
+        let (outcomes, calls) = run_all(&mut i, records(&values));
+        assert_eq!(calls, [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 3]);
+        assert!(outcomes.iter().all(Result::is_ok));
+    }
+
+    #[test]
+    fn recycling_counts_every_record_of_a_batch() {
+        let settings = PluginSettings {
+            recycle: sandpiper::runtime::Recycle {
+                max_records: 10,
+                ..sandpiper::runtime::Recycle::default()
+            },
+            ..PluginSettings::default()
+        };
+        let mut i = Instance::new(load("uppercase", settings));
+        let (outcomes, calls) = run_all(&mut i, records(&["x"; 25]));
+        assert_eq!(calls, [10, 10, 5]);
+        assert!(outcomes.iter().all(Result::is_ok));
+        assert_eq!(i.instantiations(), 3);
+    }
+
+    #[test]
+    fn a_plugin_of_the_processor_world_runs_one_record_per_call() {
+        let mut i = Instance::new(load("single-call", PluginSettings::default()));
+        let (outcomes, calls) = run_all(&mut i, records(&["a", "panic", "b"]));
+        assert_eq!(calls, [1, 1, 1]);
+        assert_eq!(value(outcomes[0].clone()), "A");
+        assert_eq!(fails(outcomes[1].clone()).kind, FailureKind::Trap);
+        assert_eq!(value(outcomes[2].clone()), "B");
+    }
+
+    #[test]
+    fn a_batch_returning_without_reporting_fails_the_record_it_left() {
+        let mut i = Instance::new(load("rogue-batch", PluginSettings::default()));
+        let (outcomes, calls) = run_all(&mut i, records(&["a", "skip", "b", "c"]));
+        assert_eq!(calls, [2, 2]);
+        assert!(outcomes[0].is_ok());
+        let f = fails(outcomes[1].clone());
+        assert_eq!(f.kind, FailureKind::Trap);
+        assert_eq!(f.trap.as_deref(), Some("unreported"));
+        assert!(outcomes[2].is_ok() && outcomes[3].is_ok());
+        assert_eq!(i.instantiations(), 1, "returning is no trap");
+    }
+
+    #[test]
+    fn outcomes_are_counted_in_order_whatever_the_guest_reports() {
+        let mut i = Instance::new(load("rogue-batch", PluginSettings::default()));
+        // `twice` reports its echo a second time, which stands for the next
+        // record, then returns without reporting the one after.
+        let (outcomes, calls) = run_all(&mut i, records(&["twice", "a", "b", "c"]));
+        assert_eq!(calls, [3, 1]);
+        assert_eq!(value(outcomes[0].clone()), "twice");
+        assert_eq!(value(outcomes[1].clone()), "twice");
+        assert_eq!(
+            fails(outcomes[2].clone()).trap.as_deref(),
+            Some("unreported")
+        );
+        assert_eq!(value(outcomes[3].clone()), "c");
+    }
+
+    #[test]
+    fn reporting_after_the_last_record_traps_and_keeps_what_was_reported() {
+        let mut i = Instance::new(load("rogue-batch", PluginSettings::default()));
+        let (outcomes, calls) = run_all(&mut i, records(&["a", "twice"]));
+        assert_eq!(calls, [2]);
+        assert!(outcomes.iter().all(Result::is_ok));
+        let (outcomes, _) = run_all(&mut i, records(&["b", "c"]));
+        assert!(outcomes.iter().all(Result::is_ok));
+        assert_eq!(i.instantiations(), 2, "the trapped instance was dropped");
+    }
+}
+
 mod bad_files {
     use super::*;
 

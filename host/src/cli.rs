@@ -315,7 +315,7 @@ fn plugin_inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
             "id": id.to_string(),
             "sha256": id.digest_hex(),
             "size": info.size,
-            "world": "sandpiper:plugin/processor@0.1.0",
+            "world": plugin.world(),
             "imports": info.imports,
             "exports": info.exports,
             "compile_ms": info.compile_time.as_secs_f64() * 1e3,
@@ -326,7 +326,7 @@ fn plugin_inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         println!("sha256:    {}", id.digest_hex());
         println!("id:        {id}");
         println!("size:      {} bytes", info.size);
-        println!("world:     sandpiper:plugin/processor@0.1.0 (implemented)");
+        println!("world:     {} (implemented)", plugin.world());
         println!("compiled:  {:.1} ms", info.compile_time.as_secs_f64() * 1e3);
         println!("imports:");
         for import in &info.imports {

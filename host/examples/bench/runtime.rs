@@ -2,6 +2,7 @@
 //! `bench per-record`), and the pause of a hot swap (`bench swap`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,8 @@ use sandpiper::config::Config;
 use sandpiper::kafka::embedded::EmbeddedCluster;
 use sandpiper::kafka::{Outgoing, tools};
 use sandpiper::record::Record;
-use sandpiper::runtime::{EngineSettings, Instance, Isolation, PluginSettings, Runtime};
+use sandpiper::runtime::{EngineSettings, Instance, Isolation, Plugin, PluginSettings, Runtime};
+use tokio_util::sync::CancellationToken;
 
 fn plugin(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -46,7 +48,7 @@ pub fn runtime_bench() -> anyhow::Result<()> {
     )?;
     let chaos = runtime.load_file(&plugin("chaos"), PluginSettings::default())?;
     let empty = runtime.load_file(&plugin("passthrough"), PluginSettings::default())?;
-    let records: Vec<Record> = (0..1000).map(record).collect();
+    let mut records: Vec<Record> = (0..1024).map(record).collect();
 
     for round in 1..=3 {
         let mut i = Instance::new(reuse.clone());
@@ -54,16 +56,17 @@ pub fn runtime_bench() -> anyhow::Result<()> {
         let n = 200_000u64;
         let t = Instant::now();
         for k in 0..n {
-            i.handle(&records[(k % 1000) as usize])
+            i.handle(&records[(k % 1024) as usize])
                 .map_err(|f| anyhow::anyhow!("{f}"))?;
         }
         let reuse_t = t.elapsed();
+        let batch_t = batched(&reuse, &mut records, n)?;
 
         let mut i = Instance::new(fresh.clone());
         let m = 20_000u64;
         let t = Instant::now();
         for k in 0..m {
-            i.handle(&records[(k % 1000) as usize])
+            i.handle(&records[(k % 1024) as usize])
                 .map_err(|f| anyhow::anyhow!("{f}"))?;
         }
         let fresh_t = t.elapsed();
@@ -84,7 +87,7 @@ pub fn runtime_bench() -> anyhow::Result<()> {
         let t = Instant::now();
         for k in 0..pairs {
             let _ = i.handle(&poison);
-            i.handle(&records[(k % 1000) as usize])
+            i.handle(&records[(k % 1024) as usize])
                 .map_err(|f| anyhow::anyhow!("{f}"))?;
         }
         let trap_t = t.elapsed();
@@ -102,17 +105,42 @@ pub fn runtime_bench() -> anyhow::Result<()> {
             i.handle(&blank).map_err(|f| anyhow::anyhow!("{f}"))?;
         }
         let empty_t = t.elapsed();
+        let mut blanks = vec![blank; 1024];
+        let empty_batch_t = batched(&empty, &mut blanks, n)?;
         let normal = reuse_t.as_secs_f64() / n as f64;
         let trap_cost = trap_t.as_secs_f64() / pairs as f64 - normal;
         println!(
-            "round {round}: empty record (fixed cost) {} | uppercase 100 B: reuse {} per record | per-record isolation {} per record | trap + re-instantiation {:.2} µs",
+            "round {round}: empty record (fixed cost) {}, in batches {} | uppercase 100 B: reuse {} per record, in batches {} | per-record isolation {} per record | trap + re-instantiation {:.2} µs",
             per_record(n, empty_t),
+            per_record(n, empty_batch_t),
             per_record(n, reuse_t),
+            per_record(n, batch_t),
             per_record(m, fresh_t),
             trap_cost * 1e6
         );
     }
     Ok(())
+}
+
+/// `n` records from `records` through `plugin` in `handle-batch` calls of
+/// up to 64 (as the pipeline's plugin threads make them), on one instance.
+fn batched(plugin: &Arc<Plugin>, records: &mut [Record], n: u64) -> anyhow::Result<Duration> {
+    let mut i = Instance::new(plugin.clone());
+    i.warm().map_err(|f| anyhow::anyhow!("{f}"))?;
+    let cancel = CancellationToken::new();
+    let mut outcomes = Vec::with_capacity(64);
+    let mut done = 0;
+    let t = Instant::now();
+    while done < n {
+        let from = (done % records.len() as u64) as usize;
+        let to = (from + 64).min(records.len());
+        i.handle_batch(&mut records[from..to], &cancel, &mut outcomes);
+        for (outcome, _) in outcomes.drain(..) {
+            outcome.map_err(|f| anyhow::anyhow!("{f}"))?;
+            done += 1;
+        }
+    }
+    Ok(t.elapsed())
 }
 
 /// The pause a swap causes: the longest gap between two consecutive

@@ -176,32 +176,35 @@ impl Thread {
         cancel: &CancellationToken,
     ) -> BatchResult {
         let mut done = Vec::with_capacity(records.len());
+        let mut outcomes = Vec::with_capacity(records.len());
         let instantiations = instance.instantiations();
         // One clock read per record: each call ends where the next starts.
         let mut started = std::time::Instant::now();
-        while !cancel.is_cancelled()
-            && let Some(mut record) = records.pop_front()
-        {
+        while !cancel.is_cancelled() && !records.is_empty() {
             // Plugin log lines carry the record's coordinates themselves
             // (see `runtime::host`); this span is for host-side tracing
             // at trace level and costs nothing otherwise.
             let span = tracing::trace_span!(
-                "record",
+                "records",
                 pipeline = %self.pipeline,
-                topic = %record.topic,
-                partition = record.partition,
-                offset = record.offset,
+                topic = %records[0].topic,
+                partition = records[0].partition,
+                from = records[0].offset,
                 plugin = %instance.plugin().id()
             );
-            let outcome = span.in_scope(|| instance.handle_in_place(&mut record));
-            let ended = std::time::Instant::now();
-            self.metrics
-                .call_seconds
-                .observe(ended.duration_since(started).as_secs_f64());
-            started = ended;
-            let stop =
-                matches!(&outcome, Err(f) if f.kind == FailureKind::Retry || f.kind.is_host_side());
-            done.push((record, outcome));
+            span.in_scope(|| {
+                instance.handle_batch(records.make_contiguous(), cancel, &mut outcomes)
+            });
+            let mut stop = false;
+            for (outcome, ended) in outcomes.drain(..) {
+                self.metrics
+                    .call_seconds
+                    .observe(ended.duration_since(started).as_secs_f64());
+                started = ended;
+                stop = matches!(&outcome, Err(f) if f.kind == FailureKind::Retry || f.kind.is_host_side());
+                let record = records.pop_front().expect("an outcome per record run");
+                done.push((record, outcome));
+            }
             if stop {
                 break;
             }

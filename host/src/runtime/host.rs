@@ -5,22 +5,112 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::PluginId;
+use super::instance::Arm;
 use super::limits::Limits;
 use super::stdio::TailBuffer;
+use crate::record::Outcome;
 
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "processor",
 });
 
+/// The batch world's bindings, sharing the processor world's types. Its
+/// `batch.finished` import is defined by hand in [`linker`]: it re-arms the
+/// store's deadline and fuel, which a generated import cannot reach.
+pub(crate) mod batch_world {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "batch-processor",
+        with: {
+            "sandpiper:plugin/types": super::sandpiper::plugin::types,
+            "sandpiper:plugin/log": super::sandpiper::plugin::log,
+            "sandpiper:plugin/config": super::sandpiper::plugin::config,
+        },
+    });
+}
+
 pub(crate) use sandpiper::plugin::log::Level;
 pub(crate) use sandpiper::plugin::types::{Failure as WitFailure, Output as WitOutput};
+
+use batch_world::{BatchProcessor, BatchProcessorPre};
+
+/// A plugin linked and type-checked against its world, ready to instantiate.
+pub(crate) enum Pre {
+    /// Exports `handle` only: one call per record.
+    Single(ProcessorPre<HostState>),
+    /// Exports `handle-batch` too (every SDK plugin does).
+    Batch(BatchProcessorPre<HostState>),
+}
+
+/// The name of the batch export, to tell the two worlds apart.
+const BATCH_EXPORT: &str = "handle-batch";
+
+impl Pre {
+    /// Checks `pre`'s exports against the world it implements: the batch
+    /// world when it exports `handle-batch`, the processor world otherwise.
+    pub(crate) fn new(pre: wasmtime::component::InstancePre<HostState>) -> wasmtime::Result<Self> {
+        if pre
+            .component()
+            .get_export_index(None, BATCH_EXPORT)
+            .is_some()
+        {
+            BatchProcessorPre::new(pre).map(Self::Batch)
+        } else {
+            ProcessorPre::new(pre).map(Self::Single)
+        }
+    }
+
+    pub(crate) fn instantiate(
+        &self,
+        store: &mut wasmtime::Store<HostState>,
+    ) -> wasmtime::Result<Bindings> {
+        match self {
+            Self::Single(pre) => pre.instantiate(store).map(Bindings::Single),
+            Self::Batch(pre) => pre.instantiate(store).map(Bindings::Batch),
+        }
+    }
+
+    pub(crate) fn is_batch(&self) -> bool {
+        matches!(self, Self::Batch(_))
+    }
+
+    /// The world's name, as `plugin inspect` shows it.
+    pub(crate) fn world(&self) -> &'static str {
+        match self {
+            Self::Single(_) => "sandpiper:plugin/processor@0.1.0",
+            Self::Batch(_) => "sandpiper:plugin/batch-processor@0.1.0",
+        }
+    }
+}
+
+/// An instance's exports.
+pub(crate) enum Bindings {
+    Single(Processor),
+    Batch(BatchProcessor),
+}
+
+impl Bindings {
+    pub(crate) fn call_handle(
+        &self,
+        store: &mut wasmtime::Store<HostState>,
+        msg: &Message,
+    ) -> wasmtime::Result<Result<Vec<WitOutput>, WitFailure>> {
+        match self {
+            Self::Single(b) => b.call_handle(store, msg),
+            Self::Batch(b) => b.call_handle(store, msg),
+        }
+    }
+}
 
 /// Where the record being handled came from, so guest logs are attributed.
 #[derive(Debug, Default, Clone)]
@@ -51,6 +141,30 @@ pub(crate) struct HostState {
     config: Arc<BTreeMap<String, String>>,
     /// For log attribution.
     plugin: PluginId,
+    /// The `handle-batch` call in progress, if any.
+    pub batch: BatchCall,
+}
+
+/// What `batch.finished` needs while a `handle-batch` call runs, kept in
+/// the store between calls so its vectors are reused.
+#[derive(Debug, Default)]
+pub(crate) struct BatchCall {
+    /// Whether a call is running (`finished` outside one is a fault).
+    pub running: bool,
+    /// Where the call's records came from, in order.
+    pub records: Vec<RecordContext>,
+    /// The records in the `handle-batch` layout (kept for its capacity).
+    pub encoded: Vec<u8>,
+    /// The outcome of each record reported so far, and when it was.
+    pub outcomes: Vec<(Outcome, Instant)>,
+    /// `finished` said stop.
+    pub stopped: bool,
+    /// Stop before the next record once cancelled (revoke, shutdown).
+    pub cancel: CancellationToken,
+    /// What each record gets.
+    pub arm: Arm,
+    pub max_outputs: u32,
+    pub max_output_bytes: u64,
 }
 
 impl std::fmt::Debug for HostState {
@@ -89,6 +203,22 @@ impl HostState {
             max_log_lines: limits.max_log_lines,
             config,
             plugin,
+            batch: BatchCall::default(),
+        }
+    }
+
+    pub(crate) fn plugin(&self) -> &PluginId {
+        &self.plugin
+    }
+
+    /// After a record: says so if its log lines went over the limit.
+    pub(crate) fn warn_suppressed_logs(&self) {
+        if self.log_suppressed > 0 {
+            tracing::warn!(
+                plugin = %self.plugin,
+                suppressed = self.log_suppressed,
+                "Plugin log lines over the per-record limit were dropped."
+            );
         }
     }
 
@@ -174,6 +304,9 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostS
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     Processor::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+    linker
+        .instance("sandpiper:plugin/batch@0.1.0")?
+        .func_wrap("finished", super::instance::finished)?;
     Ok(linker)
 }
 

@@ -9,17 +9,26 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::{Store, Trap, WasmBacktrace};
+use tokio_util::sync::CancellationToken;
+use wasmtime::{AsContextMut, Store, StoreContextMut, Trap, WasmBacktrace};
 
-use super::Plugin;
-use super::host::{HostState, Message, Processor, WitFailure, WitOutput};
+use super::host::{Bindings, HostState, Message, RecordContext, WitFailure, WitOutput};
 use super::limits::Isolation;
+use super::{Plugin, PluginId};
 use crate::record::{Failure, FailureKind, Outcome, Output, Record};
+
+/// Records per `handle-batch` call, at most.
+const BATCH_RECORDS: usize = 64;
+
+/// Bytes of encoded records per `handle-batch` call, at most, beyond its
+/// first record: the guest holds the whole batch at once, under its memory
+/// cap, so large records go in small batches.
+const BATCH_BYTES: usize = 256 << 10;
 
 /// A live guest: its store and bindings, plus what recycling looks at.
 struct Live {
     store: Store<HostState>,
-    bindings: Processor,
+    bindings: Bindings,
     created: Instant,
     records: u64,
 }
@@ -88,7 +97,7 @@ impl Instance {
         live.store
             .data_mut()
             .begin(&record.topic, record.partition, record.offset);
-        arm(&mut live.store, plugin);
+        Arm::of(plugin).apply(&mut live.store);
         live.records += 1;
 
         let message = Message {
@@ -106,23 +115,14 @@ impl Instance {
         record.value = message.value;
         record.headers = message.headers;
         let state = live.store.data_mut();
-        if state.log_suppressed > 0 {
-            tracing::warn!(
-                plugin = %plugin.id,
-                suppressed = state.log_suppressed,
-                "Plugin log lines over the per-record limit were dropped."
-            );
-        }
+        state.warn_suppressed_logs();
         let outcome = match result {
-            Ok(Ok(outputs)) => {
-                check_outputs(outputs, limits.max_outputs, limits.max_output_bytes, plugin)
-            }
-            Ok(Err(WitFailure::Retry(msg))) => {
-                Err(Failure::new(FailureKind::Retry, msg, plugin.id.clone()))
-            }
-            Ok(Err(WitFailure::Reject(msg))) => {
-                Err(Failure::new(FailureKind::Rejected, msg, plugin.id.clone()))
-            }
+            Ok(answer) => outcome(
+                answer,
+                limits.max_outputs,
+                limits.max_output_bytes,
+                &plugin.id,
+            ),
             Err(error) => {
                 // A trap poisons the store: this instance is never used again.
                 let failure = classify(&error, state, plugin, &mut self.names);
@@ -133,6 +133,130 @@ impl Instance {
             self.live = Some(live);
         }
         outcome
+    }
+
+    /// Runs records from the front of `records` through the plugin and
+    /// appends their outcomes to `outcomes`, in order, each with the time it
+    /// ended: at least one record's, and more in one call when the plugin
+    /// implements the batch world. The records beyond are not run (the
+    /// batch stopped early: a retry, a trap, `cancel`, a size bound); run
+    /// them in a later call. As in [`Instance::handle_in_place`], the
+    /// records' buffers go into the call and come back unchanged.
+    pub fn handle_batch(
+        &mut self,
+        records: &mut [Record],
+        cancel: &CancellationToken,
+        outcomes: &mut Vec<(Outcome, Instant)>,
+    ) {
+        if records.is_empty() {
+            return;
+        }
+        let batched = matches!(
+            self.live.as_ref().map(|live| &live.bindings),
+            Some(Bindings::Batch(_))
+        ) || (self.live.is_none() && self.plugin.pre.is_batch());
+        if !batched || records.len() == 1 || self.plugin.settings.isolation == Isolation::PerRecord
+        {
+            let outcome = self.handle_in_place(&mut records[0]);
+            outcomes.push((outcome, Instant::now()));
+            return;
+        }
+        let mut live = match self.live.take() {
+            Some(live) => live,
+            None => match self.instantiate() {
+                Ok(live) => live,
+                Err(failure) => {
+                    outcomes.push((Err(failure), Instant::now()));
+                    return;
+                }
+            },
+        };
+        let plugin = &self.plugin;
+        let limits = &plugin.settings.limits;
+        // Never past the instance's recycling count.
+        let left = plugin
+            .settings
+            .recycle
+            .max_records
+            .saturating_sub(live.records);
+        let most = records
+            .len()
+            .min(BATCH_RECORDS)
+            .min(usize::try_from(left).unwrap_or(usize::MAX))
+            .max(1);
+
+        let arm = Arm::of(plugin);
+        let state = live.store.data_mut();
+        let call = &mut state.batch;
+        call.running = true;
+        call.stopped = false;
+        call.cancel = cancel.clone();
+        call.arm = arm;
+        call.max_outputs = limits.max_outputs;
+        call.max_output_bytes = limits.max_output_bytes;
+        call.outcomes.clear();
+        let mut encoded = std::mem::take(&mut call.encoded);
+        encoded.clear();
+        let mut n = 0;
+        for record in &records[..most] {
+            if n > 0 && encoded.len() + encoded_len(record) > BATCH_BYTES {
+                break;
+            }
+            encode(record, &mut encoded);
+            n += 1;
+        }
+        let records = &records[..n];
+        call.records.resize_with(n, RecordContext::default);
+        for (context, record) in call.records.iter_mut().zip(records) {
+            context.topic.clone_from(&record.topic);
+            context.partition = record.partition;
+            context.offset = record.offset;
+        }
+        state.begin(&records[0].topic, records[0].partition, records[0].offset);
+        arm.apply(&mut live.store);
+        let Bindings::Batch(bindings) = &live.bindings else {
+            unreachable!("checked above");
+        };
+        let result = bindings.call_handle_batch(&mut live.store, &encoded);
+        let state = live.store.data_mut();
+        let call = &mut state.batch;
+        call.running = false;
+        call.encoded = encoded;
+        let reported = call.outcomes.len();
+        let stopped = call.stopped;
+        live.records += reported as u64;
+        outcomes.append(&mut call.outcomes);
+        match result {
+            Ok(()) => {
+                if !stopped {
+                    // The guest returned from the record it was handed
+                    // without reporting it: name it, so the batch moves on.
+                    live.records += 1;
+                    let failure = Failure {
+                        trap: Some("unreported".into()),
+                        ..Failure::new(
+                            FailureKind::Trap,
+                            "handle-batch returned without reporting this record's outcome",
+                            plugin.id.clone(),
+                        )
+                    };
+                    outcomes.push((Err(failure), Instant::now()));
+                }
+            }
+            Err(error) => {
+                // The record being handled trapped (unless the guest trapped
+                // after the last one): it fails, the rest run on a fresh
+                // instance. A trap poisons the store.
+                if !stopped {
+                    let failure = classify(&error, state, plugin, &mut self.names);
+                    outcomes.push((Err(failure), Instant::now()));
+                }
+                return;
+            }
+        }
+        if self.keep(&live) {
+            self.live = Some(live);
+        }
     }
 
     /// Whether a healthy instance may serve the next record.
@@ -157,7 +281,8 @@ impl Instance {
         let mut store = Store::new(&plugin.engine, state);
         store.limiter(|s| &mut s.limiter);
         // Start functions run under the same deadline and fuel as a record.
-        arm(&mut store, plugin);
+        store.epoch_deadline_trap();
+        Arm::of(plugin).apply(&mut store);
         self.instantiations += 1;
         match plugin.pre.instantiate(&mut store) {
             Ok(bindings) => Ok(Live {
@@ -182,16 +307,142 @@ impl Instance {
     }
 }
 
-/// Sets the deadline (and fuel) for the next call.
-fn arm(store: &mut Store<HostState>, plugin: &Plugin) {
-    let limits = &plugin.settings.limits;
-    let tick = plugin.tick.as_millis().max(1) as u64;
-    // +1: the current epoch period is already partly over.
-    store.set_epoch_deadline(limits.timeout_ms.div_ceil(tick) + 1);
-    store.epoch_deadline_trap();
-    if plugin.fuel_metered {
-        // Unmetered pipelines on a fuel-enabled engine get all the fuel.
-        let _ = store.set_fuel(limits.fuel.unwrap_or(u64::MAX));
+/// What each record's call gets: its deadline and, on a fuel-metered
+/// engine, its fuel.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Arm {
+    /// Epoch ticks from now.
+    ticks: u64,
+    fuel: Option<u64>,
+}
+
+impl Arm {
+    fn of(plugin: &Plugin) -> Self {
+        let limits = &plugin.settings.limits;
+        let tick = plugin.tick.as_millis().max(1) as u64;
+        Self {
+            // +1: the current epoch period is already partly over.
+            ticks: limits.timeout_ms.div_ceil(tick) + 1,
+            // Unmetered pipelines on a fuel-enabled engine get all the fuel.
+            fuel: plugin.fuel_metered.then(|| limits.fuel.unwrap_or(u64::MAX)),
+        }
+    }
+
+    fn apply(self, mut store: impl AsContextMut) {
+        let mut store = store.as_context_mut();
+        store.set_epoch_deadline(self.ticks);
+        if let Some(fuel) = self.fuel {
+            let _ = store.set_fuel(fuel);
+        }
+    }
+}
+
+/// The `batch.finished` import: keeps the outcome of the call's next
+/// record, then either says stop or makes the store ready for the record
+/// after it (log and stdio attribution, deadline, fuel).
+pub(crate) fn finished(
+    mut store: StoreContextMut<'_, HostState>,
+    (answer,): (Result<Vec<WitOutput>, WitFailure>,),
+) -> wasmtime::Result<(bool,)> {
+    let state = store.data_mut();
+    state.warn_suppressed_logs();
+    let call = &state.batch;
+    if !call.running || call.stopped || call.outcomes.len() >= call.records.len() {
+        // A trap: what was reported stands, nothing else is run.
+        wasmtime::bail!("batch.finished called with no record of handle-batch left to report");
+    }
+    let outcome = outcome(
+        answer,
+        call.max_outputs,
+        call.max_output_bytes,
+        state.plugin(),
+    );
+    let retry = matches!(&outcome, Err(f) if f.kind == FailureKind::Retry);
+    let call = &mut state.batch;
+    call.outcomes.push((outcome, Instant::now()));
+    let next = call.outcomes.len();
+    if retry || next == call.records.len() || call.cancel.is_cancelled() {
+        call.stopped = true;
+        return Ok((false,));
+    }
+    let arm = call.arm;
+    let record = std::mem::take(&mut call.records[next]);
+    state.begin(&record.topic, record.partition, record.offset);
+    state.batch.records[next] = record;
+    arm.apply(&mut store);
+    Ok((true,))
+}
+
+/// Appends `record` to `out` in the `handle-batch` layout
+/// (`wit/processor.wit`, world `batch-processor`).
+fn encode(record: &Record, out: &mut Vec<u8>) {
+    fn bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+        // Records and headers come from Kafka, whose sizes are i32.
+        let len = u32::try_from(bytes.len()).expect("a Kafka field fits in u32");
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(bytes);
+    }
+    fn option(out: &mut Vec<u8>, value: Option<&[u8]>) {
+        match value {
+            None => out.push(0),
+            Some(value) => {
+                out.push(1);
+                bytes(out, value);
+            }
+        }
+    }
+    out.reserve(encoded_len(record));
+    bytes(out, record.topic.as_bytes());
+    out.extend_from_slice(&record.partition.to_le_bytes());
+    out.extend_from_slice(&record.offset.to_le_bytes());
+    match record.timestamp {
+        None => out.push(0),
+        Some(timestamp) => {
+            out.push(1);
+            out.extend_from_slice(&timestamp.to_le_bytes());
+        }
+    }
+    option(out, record.key.as_deref());
+    option(out, record.value.as_deref());
+    let count = u32::try_from(record.headers.len()).expect("a Kafka header count fits in u32");
+    out.extend_from_slice(&count.to_le_bytes());
+    for (name, value) in &record.headers {
+        bytes(out, name.as_bytes());
+        bytes(out, value);
+    }
+}
+
+/// The bytes [`encode`] appends for `record`.
+fn encoded_len(record: &Record) -> usize {
+    let option = |value: &Option<Vec<u8>>| 1 + value.as_ref().map_or(0, |v| 4 + v.len());
+    4 + record.topic.len()
+        + 4
+        + 8
+        + 1
+        + record.timestamp.map_or(0, |_| 8)
+        + option(&record.key)
+        + option(&record.value)
+        + 4
+        + record
+            .headers
+            .iter()
+            .map(|(k, v)| 8 + k.len() + v.len())
+            .sum::<usize>()
+}
+
+/// A record's outcome from the plugin's answer.
+fn outcome(
+    answer: Result<Vec<WitOutput>, WitFailure>,
+    max_outputs: u32,
+    max_bytes: u64,
+    plugin: &PluginId,
+) -> Outcome {
+    match answer {
+        Ok(outputs) => check_outputs(outputs, max_outputs, max_bytes, plugin),
+        Err(WitFailure::Retry(msg)) => Err(Failure::new(FailureKind::Retry, msg, plugin.clone())),
+        Err(WitFailure::Reject(msg)) => {
+            Err(Failure::new(FailureKind::Rejected, msg, plugin.clone()))
+        }
     }
 }
 
@@ -199,7 +450,7 @@ fn check_outputs(
     outputs: Vec<WitOutput>,
     max_outputs: u32,
     max_bytes: u64,
-    plugin: &Plugin,
+    plugin: &PluginId,
 ) -> Outcome {
     if outputs.len() > max_outputs as usize {
         return Err(Failure::new(
@@ -208,7 +459,7 @@ fn check_outputs(
                 "{} outputs, more than the {max_outputs} allowed per record",
                 outputs.len()
             ),
-            plugin.id.clone(),
+            plugin.clone(),
         ));
     }
     let outputs: Vec<Output> = outputs
@@ -225,7 +476,7 @@ fn check_outputs(
         return Err(Failure::new(
             FailureKind::OutputLimit,
             format!("{bytes} output bytes, more than the {max_bytes} allowed per record"),
-            plugin.id.clone(),
+            plugin.clone(),
         ));
     }
     Ok(outputs)

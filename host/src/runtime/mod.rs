@@ -7,10 +7,12 @@
 //! # Layout
 //! - `engine`: the process-wide engine, its pool and epoch ticker.
 //! - `limits`: per-pipeline limits, isolation and recycling settings.
-//! - `host`: the `bindgen!` of the contract, Store data, `log`/`config` imports.
+//! - `host`: the `bindgen!`s of the contract's two worlds, Store data, the
+//!   `log`/`config`/`batch` imports.
 //! - `stdio`: the bounded tail that captures guest stdout/stderr.
 //! - `plugin`: reading, checking, compiling and linking a plugin file.
-//! - `instance`: calling a plugin and classifying what happened.
+//! - `instance`: calling a plugin (a record, or a batch in one call) and
+//!   classifying what happened.
 
 mod engine;
 mod host;

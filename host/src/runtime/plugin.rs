@@ -12,7 +12,7 @@ use wasmtime::component::types::{ComponentExtern, ComponentItem};
 use wasmtime::component::{Component, Linker};
 
 use super::engine::EngineSettings;
-use super::host::{HostState, ProcessorPre};
+use super::host::{HostState, Pre};
 use super::limits::PluginSettings;
 
 /// Plugin files larger than this are refused before compiling.
@@ -149,7 +149,7 @@ fn as_millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 /// A compiled, linked plugin, ready to be instantiated many times over.
 pub struct Plugin {
     pub(crate) id: PluginId,
-    pub(crate) pre: ProcessorPre<HostState>,
+    pub(crate) pre: Pre,
     pub(crate) settings: PluginSettings,
     pub(crate) engine: Engine,
     /// The engine's epoch period, to turn `timeout_ms` into ticks.
@@ -179,6 +179,12 @@ impl Plugin {
 
     pub fn info(&self) -> &PluginInfo {
         &self.info
+    }
+
+    /// The world the plugin implements: `processor`, or `batch-processor`
+    /// when it also exports `handle-batch` (several records per call).
+    pub fn world(&self) -> &'static str {
+        self.pre.world()
     }
 }
 
@@ -244,7 +250,7 @@ pub(crate) fn compile(
         reason: format!("{e:#}"),
     };
     let instance_pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
-    let pre = ProcessorPre::new(instance_pre).map_err(wrong_world)?;
+    let pre = Pre::new(instance_pre).map_err(wrong_world)?;
 
     let ty = component.component_type();
     let describe = |(name, item): (&str, ComponentExtern<'_>)| match item.ty {

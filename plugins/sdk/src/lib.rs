@@ -1,7 +1,9 @@
 //! Write [Sandpiper](../../README.md) plugins in plain Rust.
 //!
-//! A plugin is a WebAssembly component that the Sandpiper host calls once per
-//! Kafka record. Implement [`Handler`] for a type and hand it to [`export!`]:
+//! A plugin is a WebAssembly component that the Sandpiper host runs on each
+//! Kafka record (several records per call, each on its own: its deadline,
+//! its fuel, its outcome). Implement [`Handler`] for a type and hand it to
+//! [`export!`]:
 //!
 //! ```ignore
 //! use sandpiper_sdk::{Failure, Handler, Message, Output};
@@ -23,7 +25,7 @@
 //! README for testing a plugin offline and for how faults map to outcomes.
 //!
 //! This crate is the only place that touches the generated WIT bindings
-//! (`wit/processor.wit`, world `sandpiper:plugin/processor@0.1.0`); plugin
+//! (`wit/processor.wit`, world `sandpiper:plugin/batch-processor@0.1.0`); plugin
 //! crates need no other dependency.
 
 #![warn(missing_docs, missing_debug_implementations)]
@@ -38,7 +40,7 @@ pub mod __private {
     pub mod bindings {
         wit_bindgen::generate!({
             path: "../../wit",
-            world: "processor",
+            world: "batch-processor",
             pub_export_macro: true,
             export_macro_name: "__sandpiper_export_processor",
             default_bindings_module: "::sandpiper_sdk::__private::bindings",
@@ -47,6 +49,77 @@ pub mod __private {
     }
 
     use bindings::sandpiper::plugin::types as wit;
+
+    /// Runs `H` on each message encoded in `records` in turn, reporting
+    /// each outcome to the host before the next, until it says stop.
+    pub fn dispatch_batch<H: crate::Handler>(records: Vec<u8>) {
+        let mut wire = Wire(&records);
+        while !wire.0.is_empty() {
+            let Some(msg) = wire.message() else {
+                // The host encodes what the contract says; a malformed
+                // batch is a host bug, so it traps rather than guess.
+                panic!("sandpiper-sdk: malformed handle-batch records");
+            };
+            let outcome = dispatch::<H>(msg);
+            if !bindings::sandpiper::plugin::batch::finished(outcome.as_ref().map(Vec::as_slice)) {
+                return;
+            }
+        }
+    }
+
+    /// Reads messages in the `handle-batch` layout (`wit/processor.wit`).
+    struct Wire<'a>(&'a [u8]);
+
+    impl Wire<'_> {
+        fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+            let (head, rest) = self.0.split_first_chunk::<N>()?;
+            self.0 = rest;
+            Some(*head)
+        }
+
+        fn bytes(&mut self) -> Option<Vec<u8>> {
+            let len = u32::from_le_bytes(self.take()?) as usize;
+            let (bytes, rest) = self.0.split_at_checked(len)?;
+            self.0 = rest;
+            Some(bytes.to_vec())
+        }
+
+        fn string(&mut self) -> Option<String> {
+            String::from_utf8(self.bytes()?).ok()
+        }
+
+        fn option<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
+            match self.take::<1>()? {
+                [0] => Some(None),
+                [1] => read(self).map(Some),
+                _ => None,
+            }
+        }
+
+        fn message(&mut self) -> Option<wit::Message> {
+            let topic = self.string()?;
+            let partition = i32::from_le_bytes(self.take()?);
+            let offset = i64::from_le_bytes(self.take()?);
+            let timestamp = self.option(|w| w.take().map(i64::from_le_bytes))?;
+            let key = self.option(Self::bytes)?;
+            let value = self.option(Self::bytes)?;
+            let count = u32::from_le_bytes(self.take()?) as usize;
+            // Each header takes at least 8 bytes: a bound on the allocation.
+            let mut headers = Vec::with_capacity(count.min(self.0.len() / 8));
+            for _ in 0..count {
+                headers.push((self.string()?, self.bytes()?));
+            }
+            Some(wit::Message {
+                topic,
+                partition,
+                offset,
+                timestamp,
+                key,
+                value,
+                headers,
+            })
+        }
+    }
 
     /// Runs `H` on one record in WIT form and converts the answer back.
     pub fn dispatch<H: crate::Handler>(
@@ -305,6 +378,10 @@ macro_rules! export {
                     $crate::__private::bindings::Failure,
                 > {
                     $crate::__private::dispatch::<$handler>(msg)
+                }
+
+                fn handle_batch(records: ::std::vec::Vec<u8>) {
+                    $crate::__private::dispatch_batch::<$handler>(records)
                 }
             }
 

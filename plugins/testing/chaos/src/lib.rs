@@ -33,6 +33,10 @@
 //!
 //! `N` is a decimal `usize`; a malformed `N` rejects the record.
 //!
+//! A record with the header `chaos: describe`, whatever its value, gets one
+//! output whose value is every field of the message as JSON (to check that
+//! records reach the plugin intact).
+//!
 //! Notes on the traps:
 //! - `recursion` keeps its frames out of linear memory (no address-taken
 //!   locals), so it exhausts the engine's native Wasm stack (`stack-overflow`)
@@ -50,6 +54,9 @@ struct Chaos;
 
 impl Handler for Chaos {
     fn handle(msg: Message) -> Result<Vec<Output>, Failure> {
+        if msg.header("chaos") == Some(b"describe") {
+            return Ok(vec![Output::value(describe(&msg))]);
+        }
         let command = msg.value_str().map(str::trim).unwrap_or_default();
         match command {
             "panic" => panic!("chaos: panic on demand"),
@@ -239,6 +246,20 @@ fn recurse(depth: u32, salt: u64) -> u64 {
 /// record and the test notices) but written in large batches: a few thousand
 /// host calls instead of a million, so the flood itself stays far inside any
 /// sensible deadline.
+/// Every field of `msg` as JSON; bytes as arrays of numbers.
+fn describe(msg: &Message) -> String {
+    serde_json::json!({
+        "topic": msg.topic,
+        "partition": msg.partition,
+        "offset": msg.offset,
+        "timestamp": msg.timestamp,
+        "key": msg.key,
+        "value": msg.value,
+        "headers": msg.headers,
+    })
+    .to_string()
+}
+
 fn stdout_flood() {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
