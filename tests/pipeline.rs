@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use sandpiper::app::App;
+use sandpiper::kafka::Outgoing;
 use sandpiper::pipeline::deadletter as dl;
+use sandpiper::record::Record;
 
 use crate::support::kafka::{Env, header, header_str, tally, wait_committed};
 use crate::support::{kafka_clients, rss_bytes, thread_count};
@@ -145,14 +147,58 @@ async fn tight_unacknowledged_budgets_still_finish_every_record() {
     let dead = env.read(&env.dlq, 6).await;
     app.stop().await;
 
-    let t = tally(&inputs, &outputs, &dead);
+    assert_complete_and_uppercased(&inputs, &outputs, &dead, (54, 6));
+}
+
+/// A plugin of the plain `processor` world (no `handle-batch`, built
+/// without the SDK) runs one call per record in the same pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_plugin_without_the_batch_export_still_runs_every_record() {
+    let env = Env::new(1, 2);
+    let values = (0..400).map(|i| {
+        if i % 50 == 7 {
+            b"panic".to_vec()
+        } else {
+            format!("record {i}").into_bytes()
+        }
+    });
+    let inputs = env.inputs(values);
+    env.produce(&inputs).await;
+    let app = App::start(env.config("single-call", ""))
+        .await
+        .expect("starts");
+    assert_eq!(
+        app.pipelines[0].plugin().world(),
+        "sandpiper:plugin/processor@0.1.0"
+    );
+    wait_committed(&app, inputs.len(), WAIT).await;
+    let outputs = env.read(&env.output, 392).await;
+    let dead = env.read(&env.dlq, 8).await;
+    app.stop().await;
+
+    assert_complete_and_uppercased(&inputs, &outputs, &dead, (392, 8));
+    for d in &dead {
+        assert_eq!(header_str(d, dl::H_TRAP), "panic");
+    }
+}
+
+/// The tally finds every input once, `expected` = (outputs, dead letters),
+/// and each output is its input uppercased (inputs carry their index in
+/// header `n`).
+fn assert_complete_and_uppercased(
+    inputs: &[Outgoing],
+    outputs: &[Record],
+    dead: &[Record],
+    expected: (usize, usize),
+) {
+    let t = tally(inputs, outputs, dead);
     assert!(t.missing.is_empty(), "missing: {:?}", t.missing);
     assert_eq!(
         (t.outputs, t.dead_letters, t.duplicates),
-        (54, 6, 0),
+        (expected.0, expected.1, 0),
         "{t:?}"
     );
-    for output in &outputs {
+    for output in outputs {
         let n: usize = header_str(output, "n")
             .parse()
             .expect("original header kept");

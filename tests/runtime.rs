@@ -20,6 +20,23 @@ fn chaos(limits: Limits) -> Instance {
     ))
 }
 
+/// `chaos` on an engine of its own that meters fuel.
+fn chaos_with_fuel(limits: Limits) -> Instance {
+    let runtime = Runtime::new(EngineSettings {
+        fuel: true,
+        ..EngineSettings::default()
+    })
+    .expect("engine");
+    let settings = PluginSettings {
+        limits,
+        ..PluginSettings::default()
+    };
+    let plugin = runtime
+        .load_file(&support::plugin("chaos"), settings)
+        .expect("loads");
+    Instance::new(plugin)
+}
+
 fn fails(outcome: Outcome) -> Failure {
     match outcome {
         Ok(outputs) => panic!("expected a failure, got {} outputs", outputs.len()),
@@ -299,23 +316,11 @@ fn per_record_isolation_uses_a_fresh_instance_each_time() {
 
 #[test]
 fn fuel_stops_a_loop_as_out_of_fuel() {
-    let runtime = Runtime::new(EngineSettings {
-        fuel: true,
-        ..EngineSettings::default()
-    })
-    .expect("engine");
-    let settings = PluginSettings {
-        limits: Limits {
-            fuel: Some(10_000_000),
-            timeout_ms: 10_000,
-            ..Limits::default()
-        },
-        ..PluginSettings::default()
-    };
-    let plugin = runtime
-        .load_file(&support::plugin("chaos"), settings)
-        .expect("loads");
-    let mut i = Instance::new(plugin);
+    let mut i = chaos_with_fuel(Limits {
+        fuel: Some(10_000_000),
+        timeout_ms: 10_000,
+        ..Limits::default()
+    });
     assert_eq!(
         fails(i.handle(&record(0, "loop"))).kind,
         FailureKind::OutOfFuel
@@ -520,24 +525,12 @@ mod batches {
 
     #[test]
     fn fuel_is_per_record_in_a_batch() {
-        let runtime = Runtime::new(EngineSettings {
-            fuel: true,
-            ..EngineSettings::default()
-        })
-        .expect("engine");
-        let settings = PluginSettings {
-            limits: Limits {
-                fuel: Some(10_000_000),
-                timeout_ms: 10_000,
-                max_outputs: 2_000,
-                ..Limits::default()
-            },
-            ..PluginSettings::default()
-        };
-        let plugin = runtime
-            .load_file(&support::plugin("chaos"), settings)
-            .expect("loads");
-        let mut i = Instance::new(plugin);
+        let mut i = chaos_with_fuel(Limits {
+            fuel: Some(10_000_000),
+            timeout_ms: 10_000,
+            max_outputs: 2_000,
+            ..Limits::default()
+        });
         // A fan-out of 2,000 costs about 4.4 million fuel (5,000 runs out):
         // four fit in one call only if each record has its own 10 million.
         let (outcomes, calls) = run_all(&mut i, records(&["fanout:2000"; 4]));
