@@ -226,6 +226,10 @@ impl Instance {
         let stopped = call.stopped;
         live.records += reported as u64;
         outcomes.append(&mut call.outcomes);
+        if !stopped {
+            // The record the call ended on (`finished` saw the others).
+            state.warn_suppressed_logs();
+        }
         match result {
             Ok(()) => {
                 if !stopped {
