@@ -147,21 +147,21 @@ pub(crate) struct HostState {
 
 /// What `batch.finished` needs while a `handle-batch` call runs, kept in
 /// the store between calls so its vectors are reused.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct BatchCall {
-    /// Whether a call is running (`finished` outside one is a fault).
-    pub running: bool,
+    /// A record of the call awaits its report: only then may the guest
+    /// call `finished`.
+    pub open: bool,
     /// Where the call's records came from, in order.
     pub records: Vec<RecordContext>,
     /// The records in the `handle-batch` layout (kept for its capacity).
     pub encoded: Vec<u8>,
     /// The outcome of each record reported so far, and when it was.
     pub outcomes: Vec<(Outcome, Instant)>,
-    /// `finished` said stop.
-    pub stopped: bool,
     /// Stop before the next record once cancelled (revoke, shutdown).
     pub cancel: CancellationToken,
-    /// What each record gets.
+    /// What each record gets: the plugin's deadline and fuel, its output
+    /// limits.
     pub arm: Arm,
     pub max_outputs: u32,
     pub max_output_bytes: u64,
@@ -180,6 +180,7 @@ impl HostState {
     pub(crate) fn new(
         plugin: PluginId,
         limits: &Limits,
+        arm: Arm,
         config: Arc<BTreeMap<String, String>>,
     ) -> Self {
         let stdio = TailBuffer::new(limits.stdio_tail_bytes as usize);
@@ -203,7 +204,16 @@ impl HostState {
             max_log_lines: limits.max_log_lines,
             config,
             plugin,
-            batch: BatchCall::default(),
+            batch: BatchCall {
+                open: false,
+                records: Vec::new(),
+                encoded: Vec::new(),
+                outcomes: Vec::new(),
+                cancel: CancellationToken::new(),
+                arm,
+                max_outputs: limits.max_outputs,
+                max_output_bytes: limits.max_output_bytes,
+            },
         }
     }
 
@@ -228,6 +238,19 @@ impl HostState {
         self.record.topic.push_str(topic);
         self.record.partition = partition;
         self.record.offset = offset;
+        self.reset_record();
+    }
+
+    /// [`HostState::begin`] for record `index` of the `handle-batch` call.
+    pub(crate) fn begin_batch_record(&mut self, index: usize) {
+        let next = &self.batch.records[index];
+        self.record.topic.clone_from(&next.topic);
+        self.record.partition = next.partition;
+        self.record.offset = next.offset;
+        self.reset_record();
+    }
+
+    fn reset_record(&mut self) {
         self.log_lines = 0;
         self.log_suppressed = 0;
         self.limiter.denied = false;

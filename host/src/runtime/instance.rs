@@ -12,17 +12,18 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use wasmtime::{AsContextMut, Store, StoreContextMut, Trap, WasmBacktrace};
 
+use super::EngineSettings;
 use super::host::{Bindings, HostState, Message, RecordContext, WitFailure, WitOutput};
-use super::limits::Isolation;
+use super::limits::{Isolation, Limits};
 use super::{Plugin, PluginId};
 use crate::record::{Failure, FailureKind, Outcome, Output, Record};
 
 /// Records per `handle-batch` call, at most.
 const BATCH_RECORDS: usize = 64;
 
-/// Bytes of encoded records per `handle-batch` call, at most, beyond its
-/// first record: the guest holds the whole batch at once, under its memory
-/// cap, so large records go in small batches.
+/// Bytes of encoded records per `handle-batch` call, at most (a larger
+/// record goes alone): the guest holds the whole batch at once, under its
+/// memory cap, so large records go in small batches.
 const BATCH_BYTES: usize = 256 << 10;
 
 /// A live guest: its store and bindings, plus what recycling looks at.
@@ -97,7 +98,7 @@ impl Instance {
         live.store
             .data_mut()
             .begin(&record.topic, record.partition, record.offset);
-        Arm::of(plugin).apply(&mut live.store);
+        plugin.arm.apply(&mut live.store);
         live.records += 1;
 
         let message = Message {
@@ -151,11 +152,9 @@ impl Instance {
         if records.is_empty() {
             return;
         }
-        let batched = matches!(
-            self.live.as_ref().map(|live| &live.bindings),
-            Some(Bindings::Batch(_))
-        ) || (self.live.is_none() && self.plugin.pre.is_batch());
-        if !batched || records.len() == 1 || self.plugin.settings.isolation == Isolation::PerRecord
+        if !self.plugin.pre.is_batch()
+            || records.len() == 1
+            || self.plugin.settings.isolation == Isolation::PerRecord
         {
             let outcome = self.handle_in_place(&mut records[0]);
             outcomes.push((outcome, Instant::now()));
@@ -172,7 +171,6 @@ impl Instance {
             },
         };
         let plugin = &self.plugin;
-        let limits = &plugin.settings.limits;
         // Never past the instance's recycling count.
         let left = plugin
             .settings
@@ -185,80 +183,65 @@ impl Instance {
             .min(usize::try_from(left).unwrap_or(usize::MAX))
             .max(1);
 
-        let arm = Arm::of(plugin);
         let state = live.store.data_mut();
         let call = &mut state.batch;
-        call.running = true;
-        call.stopped = false;
-        call.cancel = cancel.clone();
-        call.arm = arm;
-        call.max_outputs = limits.max_outputs;
-        call.max_output_bytes = limits.max_output_bytes;
-        call.outcomes.clear();
         let mut encoded = std::mem::take(&mut call.encoded);
         encoded.clear();
         let mut n = 0;
         for record in &records[..most] {
-            if n > 0 && encoded.len() + encoded_len(record) > BATCH_BYTES {
+            let start = encoded.len();
+            encode(record, &mut encoded);
+            if n > 0 && encoded.len() > BATCH_BYTES {
+                encoded.truncate(start);
                 break;
             }
-            encode(record, &mut encoded);
             n += 1;
         }
-        let records = &records[..n];
+        // Reusing the topics' buffers from the last call.
         call.records.resize_with(n, RecordContext::default);
         for (context, record) in call.records.iter_mut().zip(records) {
             context.topic.clone_from(&record.topic);
             context.partition = record.partition;
             context.offset = record.offset;
         }
-        state.begin(&records[0].topic, records[0].partition, records[0].offset);
-        arm.apply(&mut live.store);
+        call.outcomes.clear();
+        call.cancel = cancel.clone();
+        call.open = true;
+        state.begin_batch_record(0);
+        plugin.arm.apply(&mut live.store);
         let Bindings::Batch(bindings) = &live.bindings else {
-            unreachable!("checked above");
+            unreachable!("a plugin of the batch world has batch bindings");
         };
         let result = bindings.call_handle_batch(&mut live.store, &encoded);
         let state = live.store.data_mut();
         let call = &mut state.batch;
-        call.running = false;
         call.encoded = encoded;
-        let reported = call.outcomes.len();
-        let stopped = call.stopped;
-        live.records += reported as u64;
+        // Still open: the call ended on a record that `finished` never saw.
+        let ended_on_a_record = std::mem::take(&mut call.open);
+        live.records += call.outcomes.len() as u64;
         outcomes.append(&mut call.outcomes);
-        if !stopped {
-            // The record the call ended on (`finished` saw the others).
+        if ended_on_a_record {
             state.warn_suppressed_logs();
+            live.records += 1;
+            let failure = match &result {
+                // The record being handled trapped; the rest run on a fresh
+                // instance.
+                Err(error) => classify(error, state, plugin, &mut self.names),
+                // The guest returned without reporting the record it was
+                // on: name it, so the batch moves on.
+                Ok(()) => Failure {
+                    trap: Some("unreported".into()),
+                    ..Failure::new(
+                        FailureKind::Trap,
+                        "handle-batch returned without reporting this record's outcome",
+                        plugin.id.clone(),
+                    )
+                },
+            };
+            outcomes.push((Err(failure), Instant::now()));
         }
-        match result {
-            Ok(()) => {
-                if !stopped {
-                    // The guest returned from the record it was handed
-                    // without reporting it: name it, so the batch moves on.
-                    live.records += 1;
-                    let failure = Failure {
-                        trap: Some("unreported".into()),
-                        ..Failure::new(
-                            FailureKind::Trap,
-                            "handle-batch returned without reporting this record's outcome",
-                            plugin.id.clone(),
-                        )
-                    };
-                    outcomes.push((Err(failure), Instant::now()));
-                }
-            }
-            Err(error) => {
-                // The record being handled trapped (unless the guest trapped
-                // after the last one): it fails, the rest run on a fresh
-                // instance. A trap poisons the store.
-                if !stopped {
-                    let failure = classify(&error, state, plugin, &mut self.names);
-                    outcomes.push((Err(failure), Instant::now()));
-                }
-                return;
-            }
-        }
-        if self.keep(&live) {
+        // A trap poisons the store, even one after the last record.
+        if result.is_ok() && self.keep(&live) {
             self.live = Some(live);
         }
     }
@@ -281,12 +264,17 @@ impl Instance {
     fn instantiate(&mut self) -> Result<Live, Failure> {
         let plugin = &self.plugin;
         let settings = &plugin.settings;
-        let state = HostState::new(plugin.id.clone(), &settings.limits, settings.config.clone());
+        let state = HostState::new(
+            plugin.id.clone(),
+            &settings.limits,
+            plugin.arm,
+            settings.config.clone(),
+        );
         let mut store = Store::new(&plugin.engine, state);
         store.limiter(|s| &mut s.limiter);
         // Start functions run under the same deadline and fuel as a record.
         store.epoch_deadline_trap();
-        Arm::of(plugin).apply(&mut store);
+        plugin.arm.apply(&mut store);
         self.instantiations += 1;
         match plugin.pre.instantiate(&mut store) {
             Ok(bindings) => Ok(Live {
@@ -321,14 +309,13 @@ pub(crate) struct Arm {
 }
 
 impl Arm {
-    fn of(plugin: &Plugin) -> Self {
-        let limits = &plugin.settings.limits;
-        let tick = plugin.tick.as_millis().max(1) as u64;
+    pub(crate) fn new(limits: &Limits, engine: &EngineSettings) -> Self {
+        let tick = u64::from(engine.epoch_tick_ms.max(1));
         Self {
             // +1: the current epoch period is already partly over.
             ticks: limits.timeout_ms.div_ceil(tick) + 1,
             // Unmetered pipelines on a fuel-enabled engine get all the fuel.
-            fuel: plugin.fuel_metered.then(|| limits.fuel.unwrap_or(u64::MAX)),
+            fuel: engine.fuel.then(|| limits.fuel.unwrap_or(u64::MAX)),
         }
     }
 
@@ -349,16 +336,15 @@ pub(crate) fn finished(
     (answer,): (Result<Vec<WitOutput>, WitFailure>,),
 ) -> wasmtime::Result<(bool,)> {
     let state = store.data_mut();
-    state.warn_suppressed_logs();
-    let call = &state.batch;
-    if !call.running || call.stopped || call.outcomes.len() >= call.records.len() {
+    if !state.batch.open {
         // A trap: what was reported stands, nothing else is run.
         wasmtime::bail!("batch.finished called with no record of handle-batch left to report");
     }
+    state.warn_suppressed_logs();
     let outcome = outcome(
         answer,
-        call.max_outputs,
-        call.max_output_bytes,
+        state.batch.max_outputs,
+        state.batch.max_output_bytes,
         state.plugin(),
     );
     let retry = matches!(&outcome, Err(f) if f.kind == FailureKind::Retry);
@@ -366,13 +352,11 @@ pub(crate) fn finished(
     call.outcomes.push((outcome, Instant::now()));
     let next = call.outcomes.len();
     if retry || next == call.records.len() || call.cancel.is_cancelled() {
-        call.stopped = true;
+        call.open = false;
         return Ok((false,));
     }
     let arm = call.arm;
-    let record = std::mem::take(&mut call.records[next]);
-    state.begin(&record.topic, record.partition, record.offset);
-    state.batch.records[next] = record;
+    state.begin_batch_record(next);
     arm.apply(&mut store);
     Ok((true,))
 }
@@ -395,7 +379,6 @@ fn encode(record: &Record, out: &mut Vec<u8>) {
             }
         }
     }
-    out.reserve(encoded_len(record));
     bytes(out, record.topic.as_bytes());
     out.extend_from_slice(&record.partition.to_le_bytes());
     out.extend_from_slice(&record.offset.to_le_bytes());
@@ -414,24 +397,6 @@ fn encode(record: &Record, out: &mut Vec<u8>) {
         bytes(out, name.as_bytes());
         bytes(out, value);
     }
-}
-
-/// The bytes [`encode`] appends for `record`.
-fn encoded_len(record: &Record) -> usize {
-    let option = |value: &Option<Vec<u8>>| 1 + value.as_ref().map_or(0, |v| 4 + v.len());
-    4 + record.topic.len()
-        + 4
-        + 8
-        + 1
-        + record.timestamp.map_or(0, |_| 8)
-        + option(&record.key)
-        + option(&record.value)
-        + 4
-        + record
-            .headers
-            .iter()
-            .map(|(k, v)| 8 + k.len() + v.len())
-            .sum::<usize>()
 }
 
 /// A record's outcome from the plugin's answer.

@@ -13,6 +13,7 @@ use wasmtime::component::{Component, Linker};
 
 use super::engine::EngineSettings;
 use super::host::{HostState, Pre};
+use super::instance::Arm;
 use super::limits::PluginSettings;
 
 /// Plugin files larger than this are refused before compiling.
@@ -152,10 +153,8 @@ pub struct Plugin {
     pub(crate) pre: Pre,
     pub(crate) settings: PluginSettings,
     pub(crate) engine: Engine,
-    /// The engine's epoch period, to turn `timeout_ms` into ticks.
-    pub(crate) tick: Duration,
-    /// Whether the engine meters fuel (then every store needs some).
-    pub(crate) fuel_metered: bool,
+    /// The deadline (and fuel) each record's call gets.
+    pub(crate) arm: Arm,
     info: PluginInfo,
 }
 
@@ -269,10 +268,9 @@ pub(crate) fn compile(
     Ok(Plugin {
         id: PluginId::new(name, bytes),
         pre,
+        arm: Arm::new(&settings.limits, engine_settings),
         settings,
         engine: engine.clone(),
-        tick: Duration::from_millis(u64::from(engine_settings.epoch_tick_ms.max(1))),
-        fuel_metered: engine_settings.fuel,
         info,
     })
 }
