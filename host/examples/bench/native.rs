@@ -2,25 +2,30 @@
 //! loop with Sandpiper's at-least-once semantics and none of its machinery
 //! (no Wasm, no dead letters, no retries, no metrics).
 //!
-//! One consumer and one producer, `workers` transform tasks (partition `p`
-//! goes to task `p % workers`, so each partition stays in order), and per
-//! task an acker that stores a record's offset once its output is
-//! acknowledged, in order; stored offsets are auto-committed.
+//! One consumer and one producer. Like Sandpiper, the consumer gives every
+//! partition a queue of its own (`split_partition_queue`), so partitions
+//! are read side by side and none waits behind another's records (the
+//! consumer is assigned every partition rather than subscribed); each
+//! partition has a task that transforms and produces its records in order,
+//! and an acker that stores a record's offset once its output is
+//! acknowledged, in order. Stored offsets are auto-committed. There is no
+//! worker count: a task per partition is all the parallelism the loop can
+//! use, so its 1- and 2-worker rows run the same program.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
+use rdkafka::consumer::{Consumer as _, DefaultConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message as _};
+use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::scenario::{CONSUMER_PROPERTIES, PRODUCER_PROPERTIES, Spec};
+use crate::scenario::{CONSUMER_PROPERTIES, PARTITIONS, PRODUCER_PROPERTIES, Spec};
 
 /// What the native loop does to each value.
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +34,13 @@ pub enum Transform {
     /// The `json-transform` plugin's code, compiled natively.
     Json,
 }
+
+/// Outputs per partition that may await acknowledgement at once: a
+/// pipeline's `max_unacked` default.
+const MAX_UNACKED: usize = 4096;
+
+/// A partition's offset and its output's delivery, on their way to the acker.
+type Sent = (i64, DeliveryFuture);
 
 pub struct Native {
     consumer: Arc<StreamConsumer>,
@@ -53,6 +65,11 @@ impl Native {
             config.set(*k, *v);
         }
         config.set("fetch.wait.max.ms", spec.phase.fetch_wait_ms());
+        // Sandpiper's prefetch defaults (`kafka/mod.rs`, a pipeline's
+        // `partition_buffer`): with a queue per partition they bound each.
+        config
+            .set("queued.max.messages.kbytes", "4096")
+            .set("queued.min.messages", "1024");
         let consumer: Arc<StreamConsumer> = Arc::new(
             config
                 .set("group.id", &spec.group)
@@ -67,37 +84,55 @@ impl Native {
             config.set(*k, *v);
         }
         let producer: FutureProducer = config.create().context("native producer")?;
-        consumer.subscribe(&[spec.input.as_str()])?;
+        // The partitions are assigned, not subscribed to: no other member
+        // ever shares them, and an assignment that never changes keeps the
+        // split queues (a rebalance's assign would undo them). Offsets
+        // still go through the group: committed ones, or the earliest.
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..PARTITIONS {
+            assignment.add_partition_offset(&spec.input, partition, Offset::Stored)?;
+        }
+        consumer.assign(&assignment)?;
+        let mut queues = Vec::new();
+        for partition in 0..PARTITIONS {
+            queues.push(
+                consumer
+                    .split_partition_queue(&spec.input, partition)
+                    .with_context(|| format!("splitting {}/{partition}", spec.input))?,
+            );
+        }
 
         let stored = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::new();
-        let mut inboxes = Vec::new();
-        for _ in 0..spec.workers {
-            let (tx, rx) = mpsc::channel::<OwnedMessage>(1024);
-            let (ack_tx, ack_rx) = mpsc::channel::<(String, i32, i64, DeliveryFuture)>(10_000);
-            inboxes.push(tx);
+        for (partition, queue) in (0..).zip(queues) {
+            let (ack_tx, ack_rx) = mpsc::channel::<Sent>(MAX_UNACKED);
             tasks.push(tokio::spawn(work(
-                rx,
+                queue,
                 ack_tx,
                 producer.clone(),
                 spec.output.clone(),
                 transform,
             )));
-            tasks.push(tokio::spawn(ack(ack_rx, consumer.clone(), stored.clone())));
+            tasks.push(tokio::spawn(ack(
+                ack_rx,
+                consumer.clone(),
+                spec.input.clone(),
+                partition,
+                stored.clone(),
+            )));
         }
-        let source = consumer.clone();
+        // The main queue still has to be polled to serve the client's
+        // events. It never carries a record.
+        let events = consumer.clone();
         tasks.push(tokio::spawn(async move {
             loop {
-                let m = match source.recv().await {
-                    Ok(m) => m.detach(),
-                    Err(e) => {
-                        eprintln!("native: consume error: {e}");
-                        continue;
-                    }
-                };
-                let to = &inboxes[m.partition() as usize % inboxes.len()];
-                if to.send(m).await.is_err() {
-                    return;
+                match events.recv().await {
+                    Ok(m) => eprintln!(
+                        "native: a record of {}/{} on the main queue",
+                        m.topic(),
+                        m.partition()
+                    ),
+                    Err(e) => eprintln!("native: consume error: {e}"),
                 }
             }
         }));
@@ -124,14 +159,22 @@ impl Native {
     }
 }
 
+/// Transforms and produces one partition's records, in order.
 async fn work(
-    mut inbox: mpsc::Receiver<OwnedMessage>,
-    acks: mpsc::Sender<(String, i32, i64, DeliveryFuture)>,
+    queue: StreamPartitionQueue<DefaultConsumerContext>,
+    acks: mpsc::Sender<Sent>,
     producer: FutureProducer,
     output: String,
     transform: Transform,
 ) {
-    while let Some(m) = inbox.recv().await {
+    loop {
+        let m = match queue.recv().await {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("native: consume error: {e}");
+                continue;
+            }
+        };
         let value = match (transform, m.payload()) {
             (Transform::Copy, v) => v.map(<[u8]>::to_vec),
             (Transform::Json, v) => Some(
@@ -159,19 +202,23 @@ async fn work(
                 }
             }
         };
-        let entry = (m.topic().to_owned(), m.partition(), m.offset(), delivery);
-        if acks.send(entry).await.is_err() {
+        let offset = m.offset();
+        drop(m);
+        if acks.send((offset, delivery)).await.is_err() {
             return;
         }
     }
 }
 
+/// Stores one partition's offsets as their outputs are acknowledged, in order.
 async fn ack(
-    mut acks: mpsc::Receiver<(String, i32, i64, DeliveryFuture)>,
+    mut acks: mpsc::Receiver<Sent>,
     consumer: Arc<StreamConsumer>,
+    topic: String,
+    partition: i32,
     stored: Arc<AtomicU64>,
 ) {
-    while let Some((topic, partition, offset, delivery)) = acks.recv().await {
+    while let Some((offset, delivery)) = acks.recv().await {
         match delivery.await {
             Ok(Ok(_)) => {
                 if let Err(e) = consumer.store_offset(&topic, partition, offset) {

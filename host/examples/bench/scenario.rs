@@ -29,14 +29,9 @@ use crate::native::{Native, Transform};
 /// (`host/src/kafka/mod.rs`) and short group timeouts: Tansu holds a join
 /// for the whole rebalance timeout (23 s at the defaults, 3 s here). The
 /// fetch wait depends on the broker: see [`Phase::fetch_wait_ms`].
-/// The `queued.*` prefetch bounds are the native loop's only: its one
-/// queue holds every partition's records (16 MiB in all), where Sandpiper
-/// gives each partition a queue with its own, smaller, bounds.
 pub const CONSUMER_PROPERTIES: &[(&str, &str)] = &[
     ("auto.offset.reset", "earliest"),
     ("partition.assignment.strategy", "cooperative-sticky"),
-    ("queued.max.messages.kbytes", "16384"),
-    ("queued.min.messages", "1000"),
     ("fetch.queue.backoff.ms", "20"),
     ("auto.commit.interval.ms", "1000"),
     ("session.timeout.ms", "6000"),
@@ -331,12 +326,9 @@ impl Contender {
             };
             return Ok(Self::Native(Native::start(spec, transform)?));
         };
-        // Sandpiper's own prefetch defaults (per partition queue) stand;
-        // the native loop's one queue gets librdkafka's classic ones.
         let fetch_wait = ("fetch.wait.max.ms", spec.phase.fetch_wait_ms());
         let consumer_properties: String = CONSUMER_PROPERTIES
             .iter()
-            .filter(|(k, _)| !k.starts_with("queued."))
             .chain([&fetch_wait])
             .map(|(k, v)| format!("\"{k}\" = \"{v}\"\n"))
             .collect();
