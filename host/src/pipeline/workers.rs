@@ -201,7 +201,7 @@ impl Thread {
                     .call_seconds
                     .observe(ended.duration_since(started).as_secs_f64());
                 started = ended;
-                stop = matches!(&outcome, Err(f) if f.kind == FailureKind::Retry || f.kind.is_host_side());
+                stop |= matches!(&outcome, Err(f) if f.kind == FailureKind::Retry || f.kind.is_host_side());
                 let record = records.pop_front().expect("an outcome per record run");
                 done.push((record, outcome));
             }

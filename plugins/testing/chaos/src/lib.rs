@@ -241,11 +241,6 @@ fn recurse(depth: u32, salt: u64) -> u64 {
     inner.rotate_left(depth % 61) ^ salt
 }
 
-/// One million lines on stdout. Same semantics as `println!` (a failed write
-/// panics, so a host that errors once its capture buffer is full fails the
-/// record and the test notices) but written in large batches: a few thousand
-/// host calls instead of a million, so the flood itself stays far inside any
-/// sensible deadline.
 /// Every field of `msg` as JSON; bytes as arrays of numbers.
 fn describe(msg: &Message) -> String {
     serde_json::json!({
@@ -260,6 +255,11 @@ fn describe(msg: &Message) -> String {
     .to_string()
 }
 
+/// One million lines on stdout. Same semantics as `println!` (a failed write
+/// panics, so a host that errors once its capture buffer is full fails the
+/// record and the test notices) but written in large batches: a few thousand
+/// host calls instead of a million, so the flood itself stays far inside any
+/// sensible deadline.
 fn stdout_flood() {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
