@@ -411,7 +411,7 @@ mod batches {
         let mut from = 0;
         while from < records.len() {
             let mut got = Vec::new();
-            i.handle_batch(&mut records[from..], &cancel, &mut got);
+            i.handle_batch(&mut records[from..], &cancel, later(), &mut got);
             assert!(!got.is_empty(), "a call runs at least one record");
             calls.push(got.len());
             from += got.len();
@@ -582,8 +582,31 @@ mod batches {
         cancel.cancel();
         let mut records = records(&["a", "b", "c"]);
         let mut outcomes = Vec::new();
-        i.handle_batch(&mut records, &cancel, &mut outcomes);
+        i.handle_batch(&mut records, &cancel, later(), &mut outcomes);
         assert_eq!(outcomes.len(), 1);
+    }
+
+    #[test]
+    fn a_batch_stops_after_the_first_record_to_end_past_its_time() {
+        let mut i = chaos(Limits::default());
+        let cancel = CancellationToken::new();
+        let mut records = records(&["a", "b", "c", "d"]);
+        let mut outcomes = Vec::new();
+        // Every record ends past a time already gone: one per call.
+        i.handle_batch(&mut records, &cancel, Instant::now(), &mut outcomes);
+        assert_eq!(outcomes.len(), 1);
+        i.handle_batch(&mut records[1..], &cancel, Instant::now(), &mut outcomes);
+        assert_eq!(outcomes.len(), 2);
+        // With time to spare, the rest in one call.
+        i.handle_batch(&mut records[2..], &cancel, later(), &mut outcomes);
+        let values: Vec<String> = outcomes.into_iter().map(|(o, _)| value(o)).collect();
+        assert_eq!(values, ["A", "B", "C", "D"]);
+        assert_eq!(i.instantiations(), 1, "stopping early is no fault");
+    }
+
+    /// A time budget no batch reaches.
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
     }
 
     #[test]

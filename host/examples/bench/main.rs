@@ -101,7 +101,7 @@ fn pipeline(args: &[String]) -> anyhow::Result<()> {
     };
     // For profiling one corner: `--config 1024x2`, `--modes native,reuse`,
     // `--records N`, `--rate R`, `--rounds N` (runs of each mode),
-    // `--pipeline-toml 'partition_buffer = 1024'`.
+    // `--throughput-only`, `--pipeline-toml 'partition_buffer = 1024'`.
     if let Some(c) = value("--config") {
         let (size, workers) = c.split_once('x').context("--config SIZExWORKERS")?;
         plan.configs = vec![(size.parse()?, workers.parse()?)];
@@ -126,6 +126,11 @@ fn pipeline(args: &[String]) -> anyhow::Result<()> {
     if let Some(n) = value("--rounds") {
         plan.latency_rounds = n.parse()?;
         plan.throughput_rounds = plan.latency_rounds;
+    }
+    // A/B of a change: the drain alone, no live search or latency runs.
+    if args.iter().any(|a| a == "--throughput-only") {
+        plan.latency_rounds = 0;
+        plan.rate_override = Some(1);
     }
     if let Some(t) = value("--pipeline-toml") {
         plan.pipeline_toml = t.clone();

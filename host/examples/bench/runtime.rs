@@ -123,18 +123,19 @@ pub fn runtime_bench() -> anyhow::Result<()> {
 }
 
 /// `n` records from `records` through `plugin` in `handle-batch` calls of
-/// up to 64 (as the pipeline's plugin threads make them), on one instance.
+/// up to 256 (as the pipeline's plugin threads make them), on one instance.
 fn batched(plugin: &Arc<Plugin>, records: &mut [Record], n: u64) -> anyhow::Result<Duration> {
     let mut i = Instance::new(plugin.clone());
     i.warm().map_err(|f| anyhow::anyhow!("{f}"))?;
     let cancel = CancellationToken::new();
-    let mut outcomes = Vec::with_capacity(64);
+    let mut outcomes = Vec::with_capacity(256);
     let mut done = 0;
     let t = Instant::now();
     while done < n {
         let from = (done % records.len() as u64) as usize;
-        let to = (from + 64).min(records.len());
-        i.handle_batch(&mut records[from..to], &cancel, &mut outcomes);
+        let to = (from + 256).min(records.len());
+        let until = Instant::now() + Duration::from_secs(1);
+        i.handle_batch(&mut records[from..to], &cancel, until, &mut outcomes);
         for (outcome, _) in outcomes.drain(..) {
             outcome.map_err(|f| anyhow::anyhow!("{f}"))?;
             done += 1;

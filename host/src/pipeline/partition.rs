@@ -21,8 +21,13 @@ use crate::metrics::PartitionMetrics;
 use crate::record::{FailureKind, Outcome, Record};
 
 /// Records taken from the partition's buffer per plugin run (fewer when
-/// `max_unacked` is smaller), and handed to the acker together.
-const BATCH: usize = 64;
+/// `max_unacked` is smaller), and handed to the acker together. Each batch
+/// costs a few thread wake-ups (plugin thread, worker task, acker) of
+/// several microseconds each on a busy machine: at 100 B records, 256
+/// rather than 64 per batch measured 6-7% more throughput. A slow plugin's
+/// batch is cut short by time (`workers::BATCH_TIME`), so its size costs
+/// no latency.
+const BATCH: usize = 256;
 
 /// Records per batch for a partition that may have `max_unacked` records
 /// awaiting acknowledgement, and the acker channel's capacity in batches:
@@ -450,7 +455,8 @@ mod tests {
     fn batches_and_the_acker_channel_never_hold_more_than_max_unacked() {
         assert_eq!(batching(4096), (BATCH, 4096 / BATCH));
         assert_eq!(batching(3), (3, 1));
-        assert_eq!(batching(100), (BATCH, 1));
+        assert_eq!(batching(100), (100, 1));
+        assert_eq!(batching(1000), (BATCH, 1000 / BATCH));
         for max_unacked in 1..1000 {
             let (batch, capacity) = batching(max_unacked);
             assert!(batch >= 1 && capacity >= 1);

@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
@@ -20,6 +21,12 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::PipelineMetrics;
 use crate::record::{FailureKind, Outcome, Record};
 use crate::runtime::{Instance, Plugin};
+
+/// Plugin time after which a batch goes back to its partition with the
+/// records not yet run, which come back as the next batch: the outputs of
+/// a slow plugin's first records are produced without waiting for the
+/// whole batch. Fast plugins finish a batch well within it.
+const BATCH_TIME: Duration = Duration::from_millis(1);
 
 /// What one run over a batch produced.
 #[derive(Debug)]
@@ -102,7 +109,8 @@ impl Workers {
     /// Runs `records` in order on one instance, stopping after the first
     /// record that must be retried (plugin `retry` or a host-side failure).
     /// Stops early, before the next record, once `cancel` is cancelled (a
-    /// revoke or shutdown waits only for the record being handled).
+    /// revoke or shutdown waits only for the record being handled) or once
+    /// a record ends after [`BATCH_TIME`].
     pub async fn run(&self, records: VecDeque<Record>, cancel: &CancellationToken) -> BatchResult {
         let (reply, result) = oneshot::channel();
         let job = Job {
@@ -179,8 +187,9 @@ impl Thread {
         let mut outcomes = Vec::with_capacity(records.len());
         let instantiations = instance.instantiations();
         // One clock read per record: each call ends where the next starts.
-        let mut started = std::time::Instant::now();
-        while !cancel.is_cancelled() && !records.is_empty() {
+        let mut started = Instant::now();
+        let until = started + BATCH_TIME;
+        while !cancel.is_cancelled() && !records.is_empty() && started < until {
             // Plugin log lines carry the record's coordinates themselves
             // (see `runtime::host`); this span is for host-side tracing
             // at trace level and costs nothing otherwise.
@@ -193,7 +202,7 @@ impl Thread {
                 plugin = %instance.plugin().id()
             );
             span.in_scope(|| {
-                instance.handle_batch(records.make_contiguous(), cancel, &mut outcomes)
+                instance.handle_batch(records.make_contiguous(), cancel, until, &mut outcomes)
             });
             let mut stop = false;
             for (outcome, ended) in outcomes.drain(..) {

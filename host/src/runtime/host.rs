@@ -160,6 +160,9 @@ pub(crate) struct BatchCall {
     pub outcomes: Vec<(Outcome, Instant)>,
     /// Stop before the next record once cancelled (revoke, shutdown).
     pub cancel: CancellationToken,
+    /// Stop before the next record once a record ends after this (the
+    /// caller's time budget for the call).
+    pub until: Instant,
     /// What each record gets: the plugin's deadline and fuel, its output
     /// limits.
     pub arm: Arm,
@@ -210,6 +213,7 @@ impl HostState {
                 encoded: Vec::new(),
                 outcomes: Vec::new(),
                 cancel: CancellationToken::new(),
+                until: Instant::now(),
                 arm,
                 max_outputs: limits.max_outputs,
                 max_output_bytes: limits.max_output_bytes,

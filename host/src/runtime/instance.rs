@@ -19,7 +19,7 @@ use super::{Plugin, PluginId};
 use crate::record::{Failure, FailureKind, Outcome, Output, Record};
 
 /// Records per `handle-batch` call, at most.
-const BATCH_RECORDS: usize = 64;
+const BATCH_RECORDS: usize = 256;
 
 /// Bytes of encoded records per `handle-batch` call, at most (a larger
 /// record goes alone): the guest holds the whole batch at once, under its
@@ -140,13 +140,15 @@ impl Instance {
     /// appends their outcomes to `outcomes`, in order, each with the time it
     /// ended: at least one record's, and more in one call when the plugin
     /// implements the batch world. The records beyond are not run (the
-    /// batch stopped early: a retry, a trap, `cancel`, a size bound); run
-    /// them in a later call. As in [`Instance::handle_in_place`], the
-    /// records' buffers go into the call and come back unchanged.
+    /// batch stopped early: a retry, a trap, `cancel`, a record that ended
+    /// after `until`, a size bound); run them in a later call. As in
+    /// [`Instance::handle_in_place`], the records' buffers go into the call
+    /// and come back unchanged.
     pub fn handle_batch(
         &mut self,
         records: &mut [Record],
         cancel: &CancellationToken,
+        until: Instant,
         outcomes: &mut Vec<(Outcome, Instant)>,
     ) {
         if records.is_empty() {
@@ -206,6 +208,7 @@ impl Instance {
         }
         call.outcomes.clear();
         call.cancel = cancel.clone();
+        call.until = until;
         call.open = true;
         state.begin_batch_record(0);
         plugin.arm.apply(&mut live.store);
@@ -349,9 +352,10 @@ pub(crate) fn finished(
     );
     let retry = matches!(&outcome, Err(f) if f.kind == FailureKind::Retry);
     let call = &mut state.batch;
-    call.outcomes.push((outcome, Instant::now()));
+    let ended = Instant::now();
+    call.outcomes.push((outcome, ended));
     let next = call.outcomes.len();
-    if retry || next == call.records.len() || call.cancel.is_cancelled() {
+    if retry || next == call.records.len() || ended >= call.until || call.cancel.is_cancelled() {
         call.open = false;
         return Ok((false,));
     }
