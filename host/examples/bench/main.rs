@@ -11,7 +11,7 @@
 //!   `SANDPIPER_BENCH_SAMPLES=DIR` (every latency sample of a fixed-rate
 //!   run, see `scenario::latency`).
 //! - `report DIR`: redraws the table and plots from a run's results.json.
-//! - `runtime`, `per-record`, `swap`: the runtime without Kafka, and the
+//! - `runtime`, `per-record`, `batched`, `swap`: the runtime without Kafka, and the
 //!   pause of a hot swap (`runtime`).
 //! - `probe [SECONDS]`: the round trip of a cache line between the two
 //!   cores over time (`probe`), which the pipeline's figures follow here;
@@ -61,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         }
         Some("runtime") => runtime::runtime_bench(),
         Some("per-record") => runtime::per_record_bench(),
+        Some("batched") => runtime::batched_bench(),
         Some("swap") => runtime::swap(),
         Some("probe") => probe::probe(match args.get(1) {
             Some(seconds) => seconds.parse().context("probe SECONDS")?,
@@ -68,7 +69,7 @@ fn main() -> anyhow::Result<()> {
         }),
         Some(other) => {
             bail!(
-                "unknown benchmark {other:?} (pipeline, report, runtime, per-record, swap, probe)"
+                "unknown benchmark {other:?} (pipeline, report, runtime, per-record, batched, swap, probe)"
             )
         }
     }

@@ -235,6 +235,22 @@ plugin = "{plugin}"
     Ok(())
 }
 
+/// For profilers: only `passthrough` on 100-byte records in batches, as
+/// the pipeline's plugin threads run it (`SANDPIPER_BENCH_RECORDS`, default
+/// 2,000,000).
+pub fn batched_bench() -> anyhow::Result<()> {
+    let runtime = Runtime::new(EngineSettings::default())?;
+    let plugin = runtime.load_file(&plugin("passthrough"), PluginSettings::default())?;
+    let mut records: Vec<Record> = (0..1024).map(record).collect();
+    let n: u64 = std::env::var("SANDPIPER_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000_000);
+    let t = batched(&plugin, &mut records, n)?;
+    println!("passthrough 100 B in batches {}", per_record(n, t));
+    Ok(())
+}
+
 /// For profilers: only the per-record isolation loop.
 pub fn per_record_bench() -> anyhow::Result<()> {
     let runtime = Runtime::new(EngineSettings::default())?;
