@@ -618,9 +618,9 @@ mod batches {
         let mut i = chaos(limits);
         // The guest holds a whole batch at once: 8 x 4 MiB records, as much
         // as its memory cap, go one by one, and smaller ones together up
-        // to 256 KiB.
+        // to 64 KiB.
         let huge = "x".repeat(4 << 20);
-        let big = "x".repeat(200 << 10);
+        let big = "x".repeat(40 << 10);
         let mut values = vec![huge.as_str(); 8];
         values.extend([big.as_str(), big.as_str(), big.as_str(), "a", "b"]);
         let (outcomes, calls) = run_all(&mut i, records(&values));
