@@ -131,7 +131,7 @@ fn pipeline(args: &[String]) -> anyhow::Result<()> {
     // A/B of a change: the drain alone, no live search or latency runs.
     if args.iter().any(|a| a == "--throughput-only") {
         plan.latency_rounds = 0;
-        plan.rate_override = Some(1);
+        plan.live_offers = 0;
     }
     if let Some(t) = value("--pipeline-toml") {
         plan.pipeline_toml = t.clone();

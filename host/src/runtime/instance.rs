@@ -18,7 +18,8 @@ use super::limits::{Isolation, Limits};
 use super::{Plugin, PluginId};
 use crate::record::{Failure, FailureKind, Outcome, Output, Record};
 
-/// Records per `handle-batch` call, at most.
+/// Records per `handle-batch` call, at most: a whole batch of the
+/// pipeline's (`pipeline::partition::BATCH`) in one call.
 const BATCH_RECORDS: usize = 256;
 
 /// Bytes of encoded records per `handle-batch` call, at most (a larger
