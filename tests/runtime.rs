@@ -479,6 +479,64 @@ mod batches {
         assert!(one_by_one[1].contains(r#""key":[]"#), "{}", one_by_one[1]);
     }
 
+    /// `passthrough` lends each record (`Handler::handle_borrowed`) in a
+    /// batch and goes through `handle_lent` alone: both give back every
+    /// field as it came.
+    #[test]
+    fn a_lending_plugin_passes_every_field_through_in_a_batch_and_alone() {
+        let base = record(0, "v");
+        let odd = vec![
+            sandpiper::record::Record {
+                key: None,
+                value: None,
+                ..base.clone()
+            },
+            sandpiper::record::Record {
+                key: Some(Vec::new()),
+                value: Some(Vec::new()),
+                ..base.clone()
+            },
+            sandpiper::record::Record {
+                key: Some(vec![0, 0xff, 0x80]),
+                value: Some((0..=255).collect()),
+                headers: vec![
+                    (String::new(), Vec::new()),
+                    ("dup".into(), b"1".to_vec()),
+                    ("dup".into(), vec![0xfe; 300]),
+                    ("ünïcode".into(), b"x".to_vec()),
+                ],
+                ..base.clone()
+            },
+            base,
+        ];
+        let expected: Vec<Vec<sandpiper::record::Output>> = odd
+            .iter()
+            .map(|r| {
+                vec![sandpiper::record::Output {
+                    topic: None,
+                    key: r.key.clone(),
+                    value: r.value.clone(),
+                    headers: r.headers.clone(),
+                }]
+            })
+            .collect();
+        let plugin = load("passthrough", PluginSettings::default());
+        let mut single = Instance::new(plugin.clone());
+        let alone: Vec<_> = odd
+            .iter()
+            .map(|r| single.handle(r).expect("passthrough"))
+            .collect();
+        assert_eq!(alone, expected);
+        let mut batched = Instance::new(plugin);
+        let (outcomes, calls) = run_all(&mut batched, odd.clone());
+        assert_eq!(calls, [4]);
+        let in_a_batch: Vec<_> = outcomes
+            .into_iter()
+            .map(|o| o.expect("passthrough"))
+            .collect();
+        assert_eq!(in_a_batch, expected);
+    }
+
     #[test]
     fn a_trap_in_a_batch_costs_only_its_record_and_the_rest_run_on_a_fresh_instance() {
         let mut i = chaos(Limits::default());
@@ -681,6 +739,23 @@ mod batches {
             Some("unreported")
         );
         assert_eq!(value(outcomes[3].clone()), "c");
+    }
+
+    #[test]
+    fn encoded_outputs_that_do_not_parse_fail_their_record_only() {
+        let mut i = Instance::new(load("rogue-batch", PluginSettings::default()));
+        let (outcomes, calls) = run_all(&mut i, records(&["a", "garbled", "b"]));
+        assert_eq!(
+            calls,
+            [2, 1],
+            "the call ends at the bad report: {outcomes:?}"
+        );
+        assert_eq!(value(outcomes[0].clone()), "a");
+        let f = fails(outcomes[1].clone());
+        assert_eq!(f.kind, FailureKind::Trap);
+        assert!(f.message.contains("finished-encoded"), "{f:?}");
+        assert_eq!(value(outcomes[2].clone()), "b");
+        assert_eq!(i.instantiations(), 2, "the trapped instance was dropped");
     }
 
     #[test]

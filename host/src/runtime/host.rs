@@ -331,9 +331,9 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostS
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     Processor::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-    linker
-        .instance("sandpiper:plugin/batch@0.1.0")?
-        .func_wrap("finished", super::instance::finished)?;
+    let mut batch = linker.instance("sandpiper:plugin/batch@0.1.0")?;
+    batch.func_wrap("finished", super::instance::finished)?;
+    batch.func_wrap("finished-encoded", super::instance::finished_encoded)?;
     Ok(linker)
 }
 

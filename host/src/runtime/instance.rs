@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+use wasmtime::component::WasmList;
 use wasmtime::{AsContextMut, Store, StoreContextMut, Trap, WasmBacktrace};
 
 use super::EngineSettings;
@@ -123,7 +124,7 @@ impl Instance {
         state.warn_suppressed_logs();
         let outcome = match result {
             Ok(answer) => outcome(
-                answer,
+                answer.map(|outputs| outputs.into_iter().map(Output::from).collect()),
                 limits.max_outputs,
                 limits.max_output_bytes,
                 &plugin.id,
@@ -339,14 +340,46 @@ impl Arm {
 /// record, then either says stop or makes the store ready for the record
 /// after it (log and stdio attribution, deadline, fuel).
 pub(crate) fn finished(
-    mut store: StoreContextMut<'_, HostState>,
+    store: StoreContextMut<'_, HostState>,
     (answer,): (Result<Vec<WitOutput>, WitFailure>,),
 ) -> wasmtime::Result<(bool,)> {
-    let state = store.data_mut();
-    if !state.batch.open {
-        // A trap: what was reported stands, nothing else is run.
+    check_open(&store)?;
+    let answer = answer.map(|outputs| outputs.into_iter().map(Output::from).collect());
+    report(store, answer)
+}
+
+/// The `batch.finished-encoded` import: [`finished`] with the outputs
+/// read straight from the guest's memory (layout in `wit/processor.wit`).
+pub(crate) fn finished_encoded(
+    store: StoreContextMut<'_, HostState>,
+    (answer,): (Result<WasmList<u8>, WitFailure>,),
+) -> wasmtime::Result<(bool,)> {
+    check_open(&store)?;
+    let answer = match answer {
+        Ok(list) => Ok(decode_outputs(list.as_le_slice(&store)).ok_or_else(|| {
+            wasmtime::format_err!("batch.finished-encoded: outputs not in the documented layout")
+        })?),
+        Err(failure) => Err(failure),
+    };
+    report(store, answer)
+}
+
+/// Only a record that awaits its report may be reported: anything else
+/// traps (what was reported stands, nothing else is run).
+fn check_open(store: &StoreContextMut<'_, HostState>) -> wasmtime::Result<()> {
+    if !store.data().batch.open {
         wasmtime::bail!("batch.finished called with no record of handle-batch left to report");
     }
+    Ok(())
+}
+
+/// Keeps a `handle-batch` record's outcome; says whether to go on, and if
+/// so readies the store for the next record.
+fn report(
+    mut store: StoreContextMut<'_, HostState>,
+    answer: Result<Vec<Output>, WitFailure>,
+) -> wasmtime::Result<(bool,)> {
+    let state = store.data_mut();
     state.warn_suppressed_logs();
     let outcome = outcome(
         answer,
@@ -367,6 +400,63 @@ pub(crate) fn finished(
     state.begin_batch_record(next);
     arm.apply(&mut store);
     Ok((true,))
+}
+
+/// Outputs in the `finished-encoded` layout; `None` if `bytes` is not one.
+fn decode_outputs(mut bytes: &[u8]) -> Option<Vec<Output>> {
+    let mut outputs = Vec::new();
+    while !bytes.is_empty() {
+        let wire = &mut Wire(bytes);
+        let topic = wire.option(Wire::string)?;
+        let key = wire.option(Wire::bytes)?;
+        let value = wire.option(Wire::bytes)?;
+        let count = wire.u32()? as usize;
+        // Each header takes at least 8 bytes: a bound on the allocation.
+        let mut headers = Vec::with_capacity(count.min(wire.0.len() / 8));
+        for _ in 0..count {
+            headers.push((wire.string()?, wire.bytes()?));
+        }
+        outputs.push(Output {
+            topic,
+            key,
+            value,
+            headers,
+        });
+        bytes = wire.0;
+    }
+    Some(outputs)
+}
+
+/// Reads the `handle-batch` layout's fields.
+struct Wire<'a>(&'a [u8]);
+
+impl Wire<'_> {
+    fn u32(&mut self) -> Option<u32> {
+        let (head, rest) = self.0.split_first_chunk::<4>()?;
+        self.0 = rest;
+        Some(u32::from_le_bytes(*head))
+    }
+
+    fn bytes(&mut self) -> Option<Vec<u8>> {
+        let len = self.u32()? as usize;
+        let (bytes, rest) = self.0.split_at_checked(len)?;
+        self.0 = rest;
+        Some(bytes.to_vec())
+    }
+
+    fn string(&mut self) -> Option<String> {
+        String::from_utf8(self.bytes()?).ok()
+    }
+
+    fn option<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
+        let (&tag, rest) = self.0.split_first()?;
+        self.0 = rest;
+        match tag {
+            0 => Some(None),
+            1 => read(self).map(Some),
+            _ => None,
+        }
+    }
 }
 
 /// Appends `record` to `out` in the `handle-batch` layout
@@ -409,7 +499,7 @@ fn encode(record: &Record, out: &mut Vec<u8>) {
 
 /// A record's outcome from the plugin's answer.
 fn outcome(
-    answer: Result<Vec<WitOutput>, WitFailure>,
+    answer: Result<Vec<Output>, WitFailure>,
     max_outputs: u32,
     max_bytes: u64,
     plugin: &PluginId,
@@ -424,7 +514,7 @@ fn outcome(
 }
 
 fn check_outputs(
-    outputs: Vec<WitOutput>,
+    outputs: Vec<Output>,
     max_outputs: u32,
     max_bytes: u64,
     plugin: &PluginId,
@@ -439,15 +529,6 @@ fn check_outputs(
             plugin.clone(),
         ));
     }
-    let outputs: Vec<Output> = outputs
-        .into_iter()
-        .map(|o| Output {
-            topic: o.topic,
-            key: o.key,
-            value: o.value,
-            headers: o.headers,
-        })
-        .collect();
     let bytes: u64 = outputs.iter().map(|o| o.size() as u64).sum();
     if bytes > max_bytes {
         return Err(Failure::new(
@@ -457,6 +538,17 @@ fn check_outputs(
         ));
     }
     Ok(outputs)
+}
+
+impl From<WitOutput> for Output {
+    fn from(o: WitOutput) -> Self {
+        Self {
+            topic: o.topic,
+            key: o.key,
+            value: o.value,
+            headers: o.headers,
+        }
+    }
 }
 
 /// Turns a wasmtime error from a call into a typed failure.

@@ -48,44 +48,66 @@ pub mod __private {
         });
     }
 
+    use bindings::sandpiper::plugin::batch::finished_encoded;
     use bindings::sandpiper::plugin::types as wit;
 
-    /// Runs `H` on each message encoded in `records` in turn, reporting
-    /// each outcome to the host before the next, until it says stop.
+    /// Runs `H` on each message encoded in `records` in turn, lending it
+    /// ([`Handler::handle_borrowed`](crate::Handler::handle_borrowed)) and
+    /// reporting each outcome to the host before the next, until it says
+    /// stop.
     pub fn dispatch_batch<H: crate::Handler>(records: Vec<u8>) {
+        install_panic_hook();
         let mut wire = Wire(&records);
+        // One record's outputs at a time; the allocation serves the call.
+        let mut out = crate::Outputs::default();
         while !wire.0.is_empty() {
             let Some(msg) = wire.message() else {
                 // The host encodes what the contract says; a malformed
                 // batch is a host bug, so it traps rather than guess.
                 panic!("sandpiper-sdk: malformed handle-batch records");
             };
-            let outcome = dispatch::<H>(msg);
-            if !bindings::sandpiper::plugin::batch::finished(outcome.as_ref().map(Vec::as_slice)) {
+            out.encoded.clear();
+            let go_on = match H::handle_borrowed(&msg, &mut out) {
+                Ok(()) => finished_encoded(Ok(&out.encoded)),
+                Err(failure) => finished_encoded(Err(&failure.into_wit())),
+            };
+            if !go_on {
                 return;
             }
         }
     }
 
-    /// Reads messages in the `handle-batch` layout (`wit/processor.wit`).
-    struct Wire<'a>(&'a [u8]);
+    /// Runs `H` on one record in WIT form and converts the answer back.
+    pub fn dispatch<H: crate::Handler>(
+        msg: wit::Message,
+    ) -> Result<Vec<wit::Output>, wit::Failure> {
+        install_panic_hook();
+        match H::handle(crate::Message::from_wit(msg)) {
+            Ok(outputs) => Ok(outputs.into_iter().map(crate::Output::into_wit).collect()),
+            Err(failure) => Err(failure.into_wit()),
+        }
+    }
 
-    impl Wire<'_> {
+    /// Reads the `handle-batch` and `finished-encoded` layouts
+    /// (`wit/processor.wit`), borrowing what it reads.
+    pub(crate) struct Wire<'a>(pub(crate) &'a [u8]);
+
+    impl<'a> Wire<'a> {
         fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
             let (head, rest) = self.0.split_first_chunk::<N>()?;
             self.0 = rest;
             Some(*head)
         }
 
-        fn bytes(&mut self) -> Option<Vec<u8>> {
+        fn bytes(&mut self) -> Option<&'a [u8]> {
             let len = u32::from_le_bytes(self.take()?) as usize;
             let (bytes, rest) = self.0.split_at_checked(len)?;
             self.0 = rest;
-            Some(bytes.to_vec())
+            Some(bytes)
         }
 
-        fn string(&mut self) -> Option<String> {
-            String::from_utf8(self.bytes()?).ok()
+        fn string(&mut self) -> Option<&'a str> {
+            std::str::from_utf8(self.bytes()?).ok()
         }
 
         fn option<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
@@ -96,41 +118,82 @@ pub mod __private {
             }
         }
 
-        fn message(&mut self) -> Option<wit::Message> {
-            let topic = self.string()?;
-            let partition = i32::from_le_bytes(self.take()?);
-            let offset = i64::from_le_bytes(self.take()?);
-            let timestamp = self.option(|w| w.take().map(i64::from_le_bytes))?;
-            let key = self.option(Self::bytes)?;
-            let value = self.option(Self::bytes)?;
+        fn headers(&mut self) -> Option<Vec<(&'a str, &'a [u8])>> {
             let count = u32::from_le_bytes(self.take()?) as usize;
             // Each header takes at least 8 bytes: a bound on the allocation.
             let mut headers = Vec::with_capacity(count.min(self.0.len() / 8));
             for _ in 0..count {
                 headers.push((self.string()?, self.bytes()?));
             }
-            Some(wit::Message {
-                topic,
-                partition,
-                offset,
-                timestamp,
-                key,
-                value,
-                headers,
+            Some(headers)
+        }
+
+        fn message(&mut self) -> Option<crate::MessageRef<'a>> {
+            Some(crate::MessageRef {
+                topic: self.string()?,
+                partition: i32::from_le_bytes(self.take()?),
+                offset: i64::from_le_bytes(self.take()?),
+                timestamp: self.option(|w| w.take().map(i64::from_le_bytes))?,
+                key: self.option(Self::bytes)?,
+                value: self.option(Self::bytes)?,
+                headers: self.headers()?,
+            })
+        }
+
+        /// The next output, owned.
+        pub(crate) fn output(&mut self) -> Option<crate::Output> {
+            Some(crate::Output {
+                topic: self.option(Self::string)?.map(str::to_owned),
+                key: self.option(Self::bytes)?.map(<[u8]>::to_vec),
+                value: self.option(Self::bytes)?.map(<[u8]>::to_vec),
+                headers: self
+                    .headers()?
+                    .into_iter()
+                    .map(|(name, value)| (name.to_owned(), value.to_vec()))
+                    .collect(),
             })
         }
     }
 
-    /// Runs `H` on one record in WIT form and converts the answer back.
-    pub fn dispatch<H: crate::Handler>(
-        msg: wit::Message,
-    ) -> Result<Vec<wit::Output>, wit::Failure> {
-        // A panic prints its report (to the host's capture of stderr) and
-        // then exits through WASI, which ends the call in the host at
-        // once. Left to itself, a panic aborts with a wasm `unreachable`
-        // trap, which the host learns of through a signal costing several
-        // microseconds more; the host reports both the same way, kind
-        // `trap`, trap code `panic` and the panic's report as the message.
+    /// Appends an output to `out` in the `finished-encoded` layout.
+    pub(crate) fn encode_output<'h>(
+        out: &mut Vec<u8>,
+        topic: Option<&str>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: impl ExactSizeIterator<Item = (&'h str, &'h [u8])>,
+    ) {
+        fn bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+            // A guest's memory is 32-bit: every length fits.
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+        fn option(out: &mut Vec<u8>, value: Option<&[u8]>) {
+            match value {
+                None => out.push(0),
+                Some(value) => {
+                    out.push(1);
+                    bytes(out, value);
+                }
+            }
+        }
+        option(out, topic.map(str::as_bytes));
+        option(out, key);
+        option(out, value);
+        out.extend_from_slice(&(headers.len() as u32).to_le_bytes());
+        for (name, value) in headers {
+            bytes(out, name.as_bytes());
+            bytes(out, value);
+        }
+    }
+
+    /// A panic prints its report (to the host's capture of stderr) and
+    /// then exits through WASI, which ends the call in the host at once.
+    /// Left to itself, a panic aborts with a wasm `unreachable` trap, which
+    /// the host learns of through a signal costing several microseconds
+    /// more; the host reports both the same way, kind `trap`, trap code
+    /// `panic` and the panic's report as the message.
+    fn install_panic_hook() {
         static HOOK: std::sync::Once = std::sync::Once::new();
         HOOK.call_once(|| {
             std::panic::set_hook(Box::new(|info| {
@@ -158,10 +221,6 @@ pub mod __private {
                 std::process::exit(101);
             }));
         });
-        match H::handle(crate::Message::from_wit(msg)) {
-            Ok(outputs) => Ok(outputs.into_iter().map(crate::Output::into_wit).collect()),
-            Err(failure) => Err(failure.into_wit()),
-        }
     }
 }
 
@@ -223,6 +282,160 @@ impl Message {
             headers: m.headers,
         }
     }
+}
+
+/// A record lent to [`Handler::handle_borrowed`]: its fields borrow the
+/// bytes the host handed over, so reading a record allocates nothing
+/// (headers aside: their list is allocated when there are any).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageRef<'a> {
+    /// Topic the record was consumed from.
+    pub topic: &'a str,
+    /// Partition the record was consumed from.
+    pub partition: i32,
+    /// Offset of the record in its partition.
+    pub offset: i64,
+    /// Milliseconds since the Unix epoch, when the record has one.
+    pub timestamp: Option<i64>,
+    /// Record key; `None` is a null key (not the same as an empty key).
+    pub key: Option<&'a [u8]>,
+    /// Record value; `None` is a null value (a tombstone), not an empty value.
+    pub value: Option<&'a [u8]>,
+    /// Headers, in order: `(name, raw value)` pairs.
+    pub headers: Vec<(&'a str, &'a [u8])>,
+}
+
+impl<'a> MessageRef<'a> {
+    /// Lends `msg`.
+    pub fn new(msg: &'a Message) -> Self {
+        Self {
+            topic: &msg.topic,
+            partition: msg.partition,
+            offset: msg.offset,
+            timestamp: msg.timestamp,
+            key: msg.key.as_deref(),
+            value: msg.value.as_deref(),
+            headers: msg
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_slice()))
+                .collect(),
+        }
+    }
+
+    /// A copy that owns its fields.
+    pub fn to_message(&self) -> Message {
+        Message {
+            topic: self.topic.to_owned(),
+            partition: self.partition,
+            offset: self.offset,
+            timestamp: self.timestamp,
+            key: self.key.map(<[u8]>::to_vec),
+            value: self.value.map(<[u8]>::to_vec),
+            headers: self
+                .headers
+                .iter()
+                .map(|&(name, value)| (name.to_owned(), value.to_vec()))
+                .collect(),
+        }
+    }
+
+    /// The value as UTF-8 text; `None` if the value is null or not valid UTF-8.
+    pub fn value_str(&self) -> Option<&'a str> {
+        self.value.and_then(|b| std::str::from_utf8(b).ok())
+    }
+
+    /// The key as UTF-8 text; `None` if the key is null or not valid UTF-8.
+    pub fn key_str(&self) -> Option<&'a str> {
+        self.key.and_then(|b| std::str::from_utf8(b).ok())
+    }
+
+    /// The value of the first header called `name` (case-sensitive).
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|&(_, v)| v)
+    }
+}
+
+/// An output written from borrowed parts, for [`Outputs::push_ref`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutputRef<'a> {
+    /// Destination topic; `None` means the pipeline's default output topic.
+    pub topic: Option<&'a str>,
+    /// Record key; `None` is a null key.
+    pub key: Option<&'a [u8]>,
+    /// Record value; `None` is a null value.
+    pub value: Option<&'a [u8]>,
+    /// Headers, in order.
+    pub headers: &'a [(&'a str, &'a [u8])],
+}
+
+impl<'a> OutputRef<'a> {
+    /// The record passed through: same key, value and headers, default topic.
+    pub fn from_message(msg: &'a MessageRef<'a>) -> Self {
+        Self {
+            topic: None,
+            key: msg.key,
+            value: msg.value,
+            headers: &msg.headers,
+        }
+    }
+}
+
+/// Where [`Handler::handle_borrowed`] puts a record's outputs, in order:
+/// each is encoded at once into a buffer that the host reads, so an
+/// output made of borrowed parts is never allocated on its own.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    encoded: Vec<u8>,
+}
+
+impl Outputs {
+    /// Adds an output.
+    pub fn push(&mut self, output: &Output) {
+        __private::encode_output(
+            &mut self.encoded,
+            output.topic.as_deref(),
+            output.key.as_deref(),
+            output.value.as_deref(),
+            output
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_slice())),
+        );
+    }
+
+    /// Adds an output made of borrowed parts (of the message, say).
+    pub fn push_ref(&mut self, output: OutputRef<'_>) {
+        __private::encode_output(
+            &mut self.encoded,
+            output.topic,
+            output.key,
+            output.value,
+            output.headers.iter().copied(),
+        );
+    }
+
+    /// The outputs added so far, owned.
+    pub fn to_vec(&self) -> Vec<Output> {
+        let mut wire = __private::Wire(&self.encoded);
+        let mut outputs = Vec::new();
+        while !wire.0.is_empty() {
+            outputs.push(wire.output().expect("outputs are encoded by `push`"));
+        }
+        outputs
+    }
+}
+
+/// [`Handler::handle`] for a handler whose logic is in
+/// [`Handler::handle_borrowed`]: lends `msg` to it and returns the outputs
+/// it wrote.
+pub fn handle_lent<H: Handler>(msg: Message) -> Result<Vec<Output>, Failure> {
+    let mut out = Outputs::default();
+    H::handle_borrowed(&MessageRef::new(&msg), &mut out)?;
+    Ok(out.to_vec())
 }
 
 /// A record the plugin asks the host to produce.
@@ -359,6 +572,21 @@ pub trait Handler {
     /// Handles one record: `Ok(vec![])` filters it out, several outputs fan
     /// it out, `Err` reports a [`Failure`]. A panic traps the instance.
     fn handle(msg: Message) -> Result<Vec<Output>, Failure>;
+
+    /// The same, with the record lent rather than handed over and the
+    /// outputs written into `out` (discarded on `Err`). The host calls this
+    /// when it hands the plugin several records at once, and
+    /// [`handle`](Handler::handle) when it hands over one. By default it
+    /// copies the record and calls `handle`. Override it where copying the
+    /// record costs much of what the plugin does (small records passed on
+    /// nearly unchanged), and then implement `handle` as
+    /// [`handle_lent::<Self>`](handle_lent) so that both do the same thing.
+    fn handle_borrowed(msg: &MessageRef<'_>, out: &mut Outputs) -> Result<(), Failure> {
+        for output in Self::handle(msg.to_message())? {
+            out.push(&output);
+        }
+        Ok(())
+    }
 }
 
 /// Exports a type implementing [`Handler`] as the component's `handle`

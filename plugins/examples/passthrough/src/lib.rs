@@ -1,13 +1,19 @@
 //! `passthrough`: exactly one output with the record's key, value and
-//! headers, to the default topic. Used in throughput benchmarks.
+//! headers, to the default topic. Used in throughput benchmarks, so it
+//! borrows the record rather than copying it (`Handler::handle_borrowed`).
 
-use sandpiper_sdk::{Failure, Handler, Message, Output};
+use sandpiper_sdk::{Failure, Handler, Message, MessageRef, Output, OutputRef, Outputs};
 
 struct Passthrough;
 
 impl Handler for Passthrough {
     fn handle(msg: Message) -> Result<Vec<Output>, Failure> {
-        Ok(vec![Output::from_message(msg)])
+        sandpiper_sdk::handle_lent::<Self>(msg)
+    }
+
+    fn handle_borrowed(msg: &MessageRef<'_>, out: &mut Outputs) -> Result<(), Failure> {
+        out.push_ref(OutputRef::from_message(msg));
+        Ok(())
     }
 }
 

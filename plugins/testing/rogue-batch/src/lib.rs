@@ -3,7 +3,12 @@
 //!
 //! - `skip` makes `handle-batch` return without reporting it;
 //! - `twice` is reported twice, then `handle-batch` returns (when it is the
-//!   batch's last record, the second report comes after the host said stop).
+//!   batch's last record, the second report comes after the host said stop);
+//! - `garbled` is reported through `finished-encoded` with bytes that are
+//!   not outputs in its layout.
+//!
+//! The others are reported through `finished`, the typed form (the SDK's
+//! plugins use `finished-encoded`).
 //!
 //! It reads only the values, skipping the other fields of the layout by
 //! their sizes.
@@ -18,7 +23,7 @@ mod bindings {
 }
 
 use bindings::Guest;
-use bindings::sandpiper::plugin::batch::finished;
+use bindings::sandpiper::plugin::batch::{finished, finished_encoded};
 use bindings::sandpiper::plugin::types::{Failure, Message, Output};
 
 struct Rogue;
@@ -48,6 +53,13 @@ impl Guest for Rogue {
             let report = || finished(outcome.as_ref().map(Vec::as_slice));
             match value {
                 b"skip" => return,
+                // An option tag of 7: no output starts so.
+                b"garbled" => {
+                    if !finished_encoded(Ok(&[7, 0, 0, 0])) {
+                        return;
+                    }
+                    continue;
+                }
                 b"twice" => {
                     report();
                     report();
