@@ -186,6 +186,7 @@ impl Thread {
         let mut done = Vec::with_capacity(records.len());
         let mut outcomes = Vec::with_capacity(records.len());
         let instantiations = instance.instantiations();
+        let mut call_times = self.metrics.call_seconds.batch();
         // One clock read per record: each call ends where the next starts.
         let mut started = Instant::now();
         let until = started + BATCH_TIME;
@@ -206,9 +207,7 @@ impl Thread {
             });
             let mut stop = false;
             for (outcome, ended) in outcomes.drain(..) {
-                self.metrics
-                    .call_seconds
-                    .observe(ended.duration_since(started).as_secs_f64());
+                call_times.observe(ended.duration_since(started));
                 started = ended;
                 stop |= matches!(&outcome, Err(f) if f.kind == FailureKind::Retry || f.kind.is_host_side());
                 let record = records.pop_front().expect("an outcome per record run");

@@ -21,6 +21,12 @@
 //! sandpiper_sdk::export!(Upper);
 //! ```
 //!
+//! Where copying each record costs much of what the plugin does (small
+//! records passed on nearly unchanged), override
+//! [`Handler::handle_borrowed`] too: it is lent the record
+//! ([`MessageRef`]) and writes its outputs straight into the buffer the
+//! host reads ([`Outputs`]).
+//!
 //! Build with `cargo build --target wasm32-wasip2 --release`; see the crate's
 //! README for testing a plugin offline and for how faults map to outcomes.
 //!
