@@ -479,11 +479,12 @@ mod batches {
         assert!(one_by_one[1].contains(r#""key":[]"#), "{}", one_by_one[1]);
     }
 
-    /// `passthrough` lends each record (`Handler::handle_borrowed`) in a
-    /// batch and goes through `handle_lent` alone: both give back every
-    /// field as it came.
+    /// `passthrough` and `sometimes-trap` lend each record
+    /// (`Handler::handle_borrowed`) in a batch; alone, `passthrough` takes
+    /// it over and `sometimes-trap` lends it through `handle_lent`: every
+    /// way gives back every field as it came.
     #[test]
-    fn a_lending_plugin_passes_every_field_through_in_a_batch_and_alone() {
+    fn lending_plugins_pass_every_field_through_in_a_batch_and_alone() {
         let base = record(0, "v");
         let odd = vec![
             sandpiper::record::Record {
@@ -520,21 +521,17 @@ mod batches {
                 }]
             })
             .collect();
-        let plugin = load("passthrough", PluginSettings::default());
-        let mut single = Instance::new(plugin.clone());
-        let alone: Vec<_> = odd
-            .iter()
-            .map(|r| single.handle(r).expect("passthrough"))
-            .collect();
-        assert_eq!(alone, expected);
-        let mut batched = Instance::new(plugin);
-        let (outcomes, calls) = run_all(&mut batched, odd.clone());
-        assert_eq!(calls, [4]);
-        let in_a_batch: Vec<_> = outcomes
-            .into_iter()
-            .map(|o| o.expect("passthrough"))
-            .collect();
-        assert_eq!(in_a_batch, expected);
+        for name in ["passthrough", "sometimes-trap"] {
+            let plugin = load(name, PluginSettings::default());
+            let mut single = Instance::new(plugin.clone());
+            let alone: Vec<_> = odd.iter().map(|r| single.handle(r).expect(name)).collect();
+            assert_eq!(alone, expected, "{name}");
+            let mut batched = Instance::new(plugin);
+            let (outcomes, calls) = run_all(&mut batched, odd.clone());
+            assert_eq!(calls, [4], "{name}");
+            let in_a_batch: Vec<_> = outcomes.into_iter().map(|o| o.expect(name)).collect();
+            assert_eq!(in_a_batch, expected, "{name}");
+        }
     }
 
     #[test]

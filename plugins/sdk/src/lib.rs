@@ -439,7 +439,13 @@ impl Outputs {
 /// [`Handler::handle_borrowed`]: lends `msg` to it and returns the outputs
 /// it wrote.
 pub fn handle_lent<H: Handler>(msg: Message) -> Result<Vec<Output>, Failure> {
-    let mut out = Outputs::default();
+    // Room for an output the size of the record, without growing.
+    let size = msg.key.as_ref().map_or(0, Vec::len)
+        + msg.value.as_ref().map_or(0, Vec::len)
+        + msg.headers.iter().map(|(n, v)| 8 + n.len() + v.len()).sum::<usize>();
+    let mut out = Outputs {
+        encoded: Vec::with_capacity(size + 32),
+    };
     H::handle_borrowed(&MessageRef::new(&msg), &mut out)?;
     Ok(out.to_vec())
 }

@@ -1,6 +1,8 @@
 //! `passthrough`: exactly one output with the record's key, value and
 //! headers, to the default topic. Used in throughput benchmarks, so it
-//! borrows the record rather than copying it (`Handler::handle_borrowed`).
+//! borrows the record in batches rather than copying it
+//! (`Handler::handle_borrowed`); one record alone it takes over as it is,
+//! which is cheaper still (the runtime benchmark's fixed cost of a call).
 
 use sandpiper_sdk::{Failure, Handler, Message, MessageRef, Output, OutputRef, Outputs};
 
@@ -8,7 +10,7 @@ struct Passthrough;
 
 impl Handler for Passthrough {
     fn handle(msg: Message) -> Result<Vec<Output>, Failure> {
-        sandpiper_sdk::handle_lent::<Self>(msg)
+        Ok(vec![Output::from_message(msg)])
     }
 
     fn handle_borrowed(msg: &MessageRef<'_>, out: &mut Outputs) -> Result<(), Failure> {
