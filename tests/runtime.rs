@@ -756,6 +756,18 @@ mod batches {
     }
 
     #[test]
+    fn a_flood_of_encoded_outputs_fails_its_record_as_over_the_limit() {
+        let mut i = Instance::new(load("rogue-batch", PluginSettings::default()));
+        let (outcomes, calls) = run_all(&mut i, records(&["a", "many", "b"]));
+        assert_eq!(calls, [3]);
+        let f = fails(outcomes[1].clone());
+        assert_eq!(f.kind, FailureKind::OutputLimit);
+        // Counted in full, though the host kept none past the limit.
+        assert!(f.message.starts_with("100000 outputs, more than"), "{f:?}");
+        assert_eq!(value(outcomes[2].clone()), "b");
+    }
+
+    #[test]
     fn reporting_after_the_last_record_traps_and_keeps_what_was_reported() {
         let mut i = Instance::new(load("rogue-batch", PluginSettings::default()));
         let (outcomes, calls) = run_all(&mut i, records(&["a", "twice"]));

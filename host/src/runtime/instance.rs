@@ -343,9 +343,15 @@ pub(crate) fn finished(
     store: StoreContextMut<'_, HostState>,
     (answer,): (Result<Vec<WitOutput>, WitFailure>,),
 ) -> wasmtime::Result<(bool,)> {
-    check_open(&store)?;
+    let state = check_open(&store)?;
     let answer = answer.map(|outputs| outputs.into_iter().map(Output::from).collect());
-    report(store, answer)
+    let outcome = outcome(
+        answer,
+        state.batch.max_outputs,
+        state.batch.max_output_bytes,
+        state.plugin(),
+    );
+    report(store, outcome)
 }
 
 /// The `batch.finished-encoded` import: [`finished`] with the outputs
@@ -354,39 +360,47 @@ pub(crate) fn finished_encoded(
     store: StoreContextMut<'_, HostState>,
     (answer,): (Result<WasmList<u8>, WitFailure>,),
 ) -> wasmtime::Result<(bool,)> {
-    check_open(&store)?;
-    let answer = match answer {
-        Ok(list) => Ok(decode_outputs(list.as_le_slice(&store)).ok_or_else(|| {
-            wasmtime::format_err!("batch.finished-encoded: outputs not in the documented layout")
-        })?),
-        Err(failure) => Err(failure),
+    let state = check_open(&store)?;
+    let (max_outputs, max_bytes) = (state.batch.max_outputs, state.batch.max_output_bytes);
+    let outcome = match answer {
+        Ok(list) => {
+            let bytes = list.as_le_slice(&store);
+            let (outputs, count) =
+                decode_outputs(bytes, max_outputs as usize).ok_or_else(|| {
+                    wasmtime::format_err!(
+                        "batch.finished-encoded: outputs not in the documented layout"
+                    )
+                })?;
+            let plugin = store.data().plugin();
+            if count > outputs.len() {
+                Err(too_many_outputs(count, max_outputs, plugin))
+            } else {
+                check_outputs(outputs, max_outputs, max_bytes, plugin)
+            }
+        }
+        Err(failure) => outcome(Err(failure), max_outputs, max_bytes, store.data().plugin()),
     };
-    report(store, answer)
+    report(store, outcome)
 }
 
 /// Only a record that awaits its report may be reported: anything else
 /// traps (what was reported stands, nothing else is run).
-fn check_open(store: &StoreContextMut<'_, HostState>) -> wasmtime::Result<()> {
-    if !store.data().batch.open {
+fn check_open<'a>(store: &'a StoreContextMut<'_, HostState>) -> wasmtime::Result<&'a HostState> {
+    let state = store.data();
+    if !state.batch.open {
         wasmtime::bail!("batch.finished called with no record of handle-batch left to report");
     }
-    Ok(())
+    Ok(state)
 }
 
 /// Keeps a `handle-batch` record's outcome; says whether to go on, and if
 /// so readies the store for the next record.
 fn report(
     mut store: StoreContextMut<'_, HostState>,
-    answer: Result<Vec<Output>, WitFailure>,
+    outcome: Outcome,
 ) -> wasmtime::Result<(bool,)> {
     let state = store.data_mut();
     state.warn_suppressed_logs();
-    let outcome = outcome(
-        answer,
-        state.batch.max_outputs,
-        state.batch.max_output_bytes,
-        state.plugin(),
-    );
     let retry = matches!(&outcome, Err(f) if f.kind == FailureKind::Retry);
     let call = &mut state.batch;
     let ended = Instant::now();
@@ -402,50 +416,58 @@ fn report(
     Ok((true,))
 }
 
-/// Outputs in the `finished-encoded` layout; `None` if `bytes` is not one.
-fn decode_outputs(mut bytes: &[u8]) -> Option<Vec<Output>> {
+/// The outputs in `bytes` (the `finished-encoded` layout), owned, and how
+/// many there are; past `keep` of them only counted, so that a guest's
+/// flood of tiny outputs costs the host no memory. `None` if `bytes` is
+/// not in the layout.
+fn decode_outputs(bytes: &[u8], keep: usize) -> Option<(Vec<Output>, usize)> {
+    let mut wire = Wire(bytes);
     let mut outputs = Vec::new();
-    while !bytes.is_empty() {
-        let wire = &mut Wire(bytes);
-        let topic = wire.option(Wire::string)?;
+    let mut count = 0;
+    while !wire.0.is_empty() {
+        let kept = count < keep;
+        let topic = wire.option(Wire::bytes)?;
+        let topic = topic.map(std::str::from_utf8).transpose().ok()?;
         let key = wire.option(Wire::bytes)?;
         let value = wire.option(Wire::bytes)?;
-        let count = wire.u32()? as usize;
+        let n = wire.u32()? as usize;
         // Each header takes at least 8 bytes: a bound on the allocation.
-        let mut headers = Vec::with_capacity(count.min(wire.0.len() / 8));
-        for _ in 0..count {
-            headers.push((wire.string()?, wire.bytes()?));
+        let mut headers = Vec::with_capacity(if kept { n.min(wire.0.len() / 8) } else { 0 });
+        for _ in 0..n {
+            let name = std::str::from_utf8(wire.bytes()?).ok()?;
+            let value = wire.bytes()?;
+            if kept {
+                headers.push((name.to_owned(), value.to_vec()));
+            }
         }
-        outputs.push(Output {
-            topic,
-            key,
-            value,
-            headers,
-        });
-        bytes = wire.0;
+        if kept {
+            outputs.push(Output {
+                topic: topic.map(str::to_owned),
+                key: key.map(<[u8]>::to_vec),
+                value: value.map(<[u8]>::to_vec),
+                headers,
+            });
+        }
+        count += 1;
     }
-    Some(outputs)
+    Some((outputs, count))
 }
 
-/// Reads the `handle-batch` layout's fields.
+/// Reads the fields of the `handle-batch` layout.
 struct Wire<'a>(&'a [u8]);
 
-impl Wire<'_> {
+impl<'a> Wire<'a> {
     fn u32(&mut self) -> Option<u32> {
         let (head, rest) = self.0.split_first_chunk::<4>()?;
         self.0 = rest;
         Some(u32::from_le_bytes(*head))
     }
 
-    fn bytes(&mut self) -> Option<Vec<u8>> {
+    fn bytes(&mut self) -> Option<&'a [u8]> {
         let len = self.u32()? as usize;
         let (bytes, rest) = self.0.split_at_checked(len)?;
         self.0 = rest;
-        Some(bytes.to_vec())
-    }
-
-    fn string(&mut self) -> Option<String> {
-        String::from_utf8(self.bytes()?).ok()
+        Some(bytes)
     }
 
     fn option<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
@@ -520,14 +542,7 @@ fn check_outputs(
     plugin: &PluginId,
 ) -> Outcome {
     if outputs.len() > max_outputs as usize {
-        return Err(Failure::new(
-            FailureKind::OutputLimit,
-            format!(
-                "{} outputs, more than the {max_outputs} allowed per record",
-                outputs.len()
-            ),
-            plugin.clone(),
-        ));
+        return Err(too_many_outputs(outputs.len(), max_outputs, plugin));
     }
     let bytes: u64 = outputs.iter().map(|o| o.size() as u64).sum();
     if bytes > max_bytes {
@@ -538,6 +553,14 @@ fn check_outputs(
         ));
     }
     Ok(outputs)
+}
+
+fn too_many_outputs(count: usize, max_outputs: u32, plugin: &PluginId) -> Failure {
+    Failure::new(
+        FailureKind::OutputLimit,
+        format!("{count} outputs, more than the {max_outputs} allowed per record"),
+        plugin.clone(),
+    )
 }
 
 impl From<WitOutput> for Output {

@@ -7,6 +7,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -18,7 +19,15 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 /// Shared by the guest's stdout and stderr streams and read by the host.
 #[derive(Debug, Clone)]
 pub(crate) struct TailBuffer {
-    inner: Arc<Mutex<Tail>>,
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    tail: Mutex<Tail>,
+    /// Something was written since the last clear: clearing a buffer
+    /// nothing was written to (before every record) takes no lock.
+    written: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -32,23 +41,27 @@ struct Tail {
 impl TailBuffer {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            inner: Arc::new(Mutex::new(Tail {
-                buf: Vec::new(),
-                capacity,
-            })),
+            inner: Arc::new(Shared {
+                tail: Mutex::new(Tail {
+                    buf: Vec::new(),
+                    capacity,
+                }),
+                written: AtomicBool::new(false),
+            }),
         }
     }
 
     fn push(&self, bytes: &[u8]) {
         // A poisoned lock only means another writer panicked mid-push: the
         // bytes are diagnostics, so keep going with whatever is there.
-        let mut tail = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut tail = self.lock();
         let cap = tail.capacity;
         if cap == 0 {
             return;
         }
         let bytes = &bytes[bytes.len().saturating_sub(cap)..];
         tail.buf.extend_from_slice(bytes);
+        self.inner.written.store(true, Ordering::Relaxed);
         if tail.buf.len() > 2 * cap {
             let cut = tail.buf.len() - cap;
             tail.buf.drain(..cut);
@@ -57,7 +70,8 @@ impl TailBuffer {
 
     /// The tail written since the last call, as text; clears the buffer.
     pub(crate) fn take(&self) -> String {
-        let mut tail = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        self.inner.written.store(false, Ordering::Relaxed);
+        let mut tail = self.lock();
         let start = tail.buf.len().saturating_sub(tail.capacity);
         let text = String::from_utf8_lossy(&tail.buf[start..]).into_owned();
         tail.buf.clear();
@@ -65,11 +79,16 @@ impl TailBuffer {
     }
 
     pub(crate) fn clear(&self) {
+        if self.inner.written.swap(false, Ordering::Relaxed) {
+            self.lock().buf.clear();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tail> {
         self.inner
+            .tail
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .buf
-            .clear();
     }
 }
 
@@ -151,5 +170,19 @@ mod tests {
         t.push(&[b'x'; 1_000_000]);
         t.push(b"end!");
         assert_eq!(t.take(), "end!");
+    }
+
+    #[test]
+    fn clear_empties_what_was_written() {
+        let t = TailBuffer::new(8);
+        t.clear();
+        t.push(b"old");
+        t.clear();
+        t.clear();
+        t.push(b"new");
+        assert_eq!(t.take(), "new");
+        t.push(b"again");
+        t.clear();
+        assert_eq!(t.take(), "");
     }
 }

@@ -442,7 +442,11 @@ pub fn handle_lent<H: Handler>(msg: Message) -> Result<Vec<Output>, Failure> {
     // Room for an output the size of the record, without growing.
     let size = msg.key.as_ref().map_or(0, Vec::len)
         + msg.value.as_ref().map_or(0, Vec::len)
-        + msg.headers.iter().map(|(n, v)| 8 + n.len() + v.len()).sum::<usize>();
+        + msg
+            .headers
+            .iter()
+            .map(|(n, v)| 8 + n.len() + v.len())
+            .sum::<usize>();
     let mut out = Outputs {
         encoded: Vec::with_capacity(size + 32),
     };

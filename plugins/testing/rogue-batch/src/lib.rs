@@ -5,7 +5,9 @@
 //! - `twice` is reported twice, then `handle-batch` returns (when it is the
 //!   batch's last record, the second report comes after the host said stop);
 //! - `garbled` is reported through `finished-encoded` with bytes that are
-//!   not outputs in its layout.
+//!   not outputs in its layout;
+//! - `many` is reported through `finished-encoded` with 100,000 empty
+//!   outputs.
 //!
 //! The others are reported through `finished`, the typed form (the SDK's
 //! plugins use `finished-encoded`).
@@ -53,6 +55,16 @@ impl Guest for Rogue {
             let report = || finished(outcome.as_ref().map(Vec::as_slice));
             match value {
                 b"skip" => return,
+                b"many" => {
+                    // No topic, key or value, no headers: 7 bytes each.
+                    let empty = [0u8; 7];
+                    let outputs: Vec<u8> =
+                        empty.iter().copied().cycle().take(7 * 100_000).collect();
+                    if !finished_encoded(Ok(&outputs)) {
+                        return;
+                    }
+                    continue;
+                }
                 // An option tag of 7: no output starts so.
                 b"garbled" => {
                     if !finished_encoded(Ok(&[7, 0, 0, 0])) {
