@@ -642,6 +642,30 @@ mod batches {
     }
 
     #[test]
+    fn a_batch_cancelled_while_it_runs_stops_after_the_record_in_hand() {
+        let mut i = chaos(Limits::default());
+        i.warm().expect("instantiates");
+        let cancel = CancellationToken::new();
+        let mut records = records(&["spin:2"; 100]);
+        let mut outcomes = Vec::new();
+        let cancelled_at = std::thread::scope(|scope| {
+            let canceller = scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(20));
+                cancel.cancel();
+                Instant::now()
+            });
+            i.handle_batch(&mut records, &cancel, later(), &mut outcomes);
+            canceller.join().expect("cancels")
+        });
+        assert!(outcomes.len() < 100, "the cancel stopped the batch");
+        assert!(outcomes.iter().all(|(o, _)| o.is_ok()));
+        // Records of 2 ms: the token is looked at after each, so at most the
+        // one in hand when it was cancelled ends after that.
+        let after = outcomes.iter().filter(|(_, ended)| *ended > cancelled_at);
+        assert!(after.count() <= 1, "{} records", outcomes.len());
+    }
+
+    #[test]
     fn a_batch_stops_after_the_first_record_to_end_past_its_time() {
         let mut i = chaos(Limits::default());
         let cancel = CancellationToken::new();

@@ -109,8 +109,9 @@ impl Workers {
     /// Runs `records` in order on one instance, stopping after the first
     /// record that must be retried (plugin `retry` or a host-side failure).
     /// Stops early, before the next record, once `cancel` is cancelled (a
-    /// revoke or shutdown waits only for the record being handled) or once
-    /// a record ends after [`BATCH_TIME`].
+    /// revoke or shutdown waits for the record being handled, and at most
+    /// 0.1 ms more: see `runtime::instance::CANCEL_CHECK`) or once a record
+    /// ends after [`BATCH_TIME`].
     pub async fn run(&self, records: VecDeque<Record>, cancel: &CancellationToken) -> BatchResult {
         let (reply, result) = oneshot::channel();
         let job = Job {

@@ -160,6 +160,8 @@ pub(crate) struct BatchCall {
     pub outcomes: Vec<(Outcome, Instant)>,
     /// Stop before the next record once cancelled (revoke, shutdown).
     pub cancel: CancellationToken,
+    /// When `cancel` was last looked at (`None`: not yet in this call).
+    pub cancel_checked: Option<Instant>,
     /// Stop before the next record once a record ends after this (the
     /// caller's time budget for the call).
     pub until: Instant,
@@ -213,6 +215,7 @@ impl HostState {
                 encoded: Vec::new(),
                 outcomes: Vec::new(),
                 cancel: CancellationToken::new(),
+                cancel_checked: None,
                 until: Instant::now(),
                 arm,
                 max_outputs: limits.max_outputs,
