@@ -14,7 +14,7 @@ usage: cargo xtask <task>
 
 tasks:
   demo            build the plugins, run the demo pipeline on an embedded Kafka
-  test            build the plugins, install the test broker, run every test
+  test            build the plugins, test the SDK, install the test broker, run every test
   build-plugins   build the example and test plugins (wasm32-wasip2)
   bench           the pipeline benchmark against a native loop (release build;
                   updates BENCHMARKS.md and docs/); --quick: CI's small run;
@@ -90,6 +90,16 @@ fn build_plugins() -> anyhow::Result<()> {
     run(cmd)
 }
 
+/// The SDK's own unit tests, natively (the plugins workspace is not the
+/// host's; its plugins are tested through the host).
+fn test_sdk() -> anyhow::Result<()> {
+    let mut cmd = cargo();
+    cmd.current_dir(root().join("plugins"))
+        .args(["test", "--quiet", "-p", "sandpiper-sdk"])
+        .env("CARGO_TARGET_DIR", root().join("plugins/target"));
+    run(cmd)
+}
+
 fn demo(extra: &[String]) -> anyhow::Result<()> {
     build_plugins()?;
     let mut cmd = cargo();
@@ -105,6 +115,7 @@ fn demo(extra: &[String]) -> anyhow::Result<()> {
 /// test runs them one at a time for the same reason.
 fn test(extra: &[String]) -> anyhow::Result<()> {
     build_plugins()?;
+    test_sdk()?;
     let tansu = install_tansu()?;
     install_chromium()?;
     let mut cmd = cargo();

@@ -747,4 +747,64 @@ mod tests {
         assert_eq!(Failure::retry("x"), Failure::Retry("x".into()));
         assert_eq!(Failure::reject("y").message(), "y");
     }
+
+    /// Passes on each record through `handle_borrowed` only.
+    struct Lending;
+
+    impl Handler for Lending {
+        fn handle(msg: Message) -> Result<Vec<Output>, Failure> {
+            handle_lent::<Self>(msg)
+        }
+
+        fn handle_borrowed(msg: &MessageRef<'_>, out: &mut Outputs) -> Result<(), Failure> {
+            if msg.value == Some(b"bad") {
+                return Err(Failure::reject("bad"));
+            }
+            out.push_ref(OutputRef::from_message(msg));
+            out.push_ref(OutputRef {
+                topic: Some("audit"),
+                ..OutputRef::default()
+            });
+            Ok(())
+        }
+    }
+
+    /// Passes on each record through `handle` only.
+    struct Owning;
+
+    impl Handler for Owning {
+        fn handle(msg: Message) -> Result<Vec<Output>, Failure> {
+            Ok(vec![Output::from_message(msg)])
+        }
+    }
+
+    fn message() -> Message {
+        Message {
+            topic: "t".into(),
+            key: Some(Vec::new()),
+            value: Some(b"v\xff".to_vec()),
+            headers: vec![("h".into(), b"1".to_vec()), ("".into(), Vec::new())],
+            ..Message::default()
+        }
+    }
+
+    #[test]
+    fn lent_and_owned_handlers_give_the_same_outputs() {
+        let msg = message();
+        let passed = Output::from_message(msg.clone());
+        assert_eq!(
+            Lending::handle(msg.clone()),
+            Ok(vec![passed.clone(), Output::new().to_topic("audit")])
+        );
+        // The default `handle_borrowed` copies the record for `handle`.
+        let mut out = Outputs::default();
+        Owning::handle_borrowed(&MessageRef::new(&msg), &mut out).expect("passes");
+        assert_eq!(out.to_vec(), vec![passed]);
+        assert_eq!(MessageRef::new(&msg).to_message(), msg);
+        let bad = Message {
+            value: Some(b"bad".to_vec()),
+            ..msg
+        };
+        assert_eq!(Lending::handle(bad), Err(Failure::reject("bad")));
+    }
 }
