@@ -124,7 +124,7 @@ impl Instance {
         state.warn_suppressed_logs();
         let outcome = match result {
             Ok(answer) => outcome(
-                answer.map(|outputs| outputs.into_iter().map(Output::from).collect()),
+                answer,
                 limits.max_outputs,
                 limits.max_output_bytes,
                 &plugin.id,
@@ -345,7 +345,6 @@ pub(crate) fn finished(
     (answer,): (Result<Vec<WitOutput>, WitFailure>,),
 ) -> wasmtime::Result<(bool,)> {
     let state = check_open(&store)?;
-    let answer = answer.map(|outputs| outputs.into_iter().map(Output::from).collect());
     let outcome = outcome(
         answer,
         state.batch.max_outputs,
@@ -379,7 +378,7 @@ pub(crate) fn finished_encoded(
                 check_outputs(outputs, max_outputs, max_bytes, plugin)
             }
         }
-        Err(failure) => outcome(Err(failure), max_outputs, max_bytes, store.data().plugin()),
+        Err(failure) => Err(failed(failure, store.data().plugin())),
     };
     report(store, outcome)
 }
@@ -542,17 +541,27 @@ fn encode(record: &Record, out: &mut Vec<u8>) {
 
 /// A record's outcome from the plugin's answer.
 fn outcome(
-    answer: Result<Vec<Output>, WitFailure>,
+    answer: Result<Vec<WitOutput>, WitFailure>,
     max_outputs: u32,
     max_bytes: u64,
     plugin: &PluginId,
 ) -> Outcome {
     match answer {
-        Ok(outputs) => check_outputs(outputs, max_outputs, max_bytes, plugin),
-        Err(WitFailure::Retry(msg)) => Err(Failure::new(FailureKind::Retry, msg, plugin.clone())),
-        Err(WitFailure::Reject(msg)) => {
-            Err(Failure::new(FailureKind::Rejected, msg, plugin.clone()))
-        }
+        Ok(outputs) => check_outputs(
+            outputs.into_iter().map(Output::from).collect(),
+            max_outputs,
+            max_bytes,
+            plugin,
+        ),
+        Err(failure) => Err(failed(failure, plugin)),
+    }
+}
+
+/// A failure the plugin reported on purpose.
+fn failed(failure: WitFailure, plugin: &PluginId) -> Failure {
+    match failure {
+        WitFailure::Retry(msg) => Failure::new(FailureKind::Retry, msg, plugin.clone()),
+        WitFailure::Reject(msg) => Failure::new(FailureKind::Rejected, msg, plugin.clone()),
     }
 }
 
