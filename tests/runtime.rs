@@ -40,7 +40,7 @@ fn chaos_with_fuel(limits: Limits) -> Instance {
 fn fails(outcome: Outcome) -> Failure {
     match outcome {
         Ok(outputs) => panic!("expected a failure, got {} outputs", outputs.len()),
-        Err(failure) => failure,
+        Err(failure) => *failure,
     }
 }
 
@@ -400,7 +400,8 @@ mod batches {
 
     /// Runs `records` through `i` until each has an outcome, one
     /// `handle_batch` at a time; returns the outcomes and how many records
-    /// each call took.
+    /// each `handle_batch` took ([`Instance::calls`] counts the plugin
+    /// calls it made).
     fn run_all(
         i: &mut Instance,
         mut records: Vec<sandpiper::record::Record>,
@@ -538,7 +539,8 @@ mod batches {
     fn a_trap_in_a_batch_costs_only_its_record_and_the_rest_run_on_a_fresh_instance() {
         let mut i = chaos(Limits::default());
         let (outcomes, calls) = run_all(&mut i, records(&["a", "b", "panic", "c", "d"]));
-        assert_eq!(calls, [3, 2], "one call up to the trap, one for the rest");
+        assert_eq!(calls, [5], "the rest go on after the trap");
+        assert_eq!(i.calls(), 2, "one call up to the trap, one for the rest");
         assert_eq!(i.instantiations(), 2);
         let values: Vec<String> = outcomes
             .into_iter()
@@ -570,7 +572,8 @@ mod batches {
         let started = Instant::now();
         let (outcomes, calls) = run_all(&mut i, records(&["spin:80", "loop", "after"]));
         let took = started.elapsed();
-        assert_eq!(calls, [2, 1]);
+        assert_eq!(calls, [3]);
+        assert_eq!(i.calls(), 1 + 2, "the timeout ended a call");
         assert!(outcomes[0].is_ok());
         assert_eq!(fails(outcomes[1].clone()).kind, FailureKind::Timeout);
         assert_eq!(value(outcomes[2].clone()), "AFTER");
@@ -592,7 +595,8 @@ mod batches {
         assert_eq!(calls, [4]);
         assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
         let (outcomes, calls) = run_all(&mut i, records(&["a", "loop", "b"]));
-        assert_eq!(calls, [2, 1]);
+        assert_eq!(calls, [3]);
+        assert_eq!(i.calls(), 1 + 2, "running out of fuel ended a call");
         assert_eq!(fails(outcomes[1].clone()).kind, FailureKind::OutOfFuel);
     }
 
@@ -684,6 +688,49 @@ mod batches {
     }
 
     /// A time budget no batch reaches.
+    #[test]
+    fn after_a_trap_the_rest_go_on_only_within_the_time_budget_and_uncancelled() {
+        let limits = Limits {
+            timeout_ms: 300,
+            ..Limits::default()
+        };
+        // The loop times out (a trap) after the call's time budget is
+        // spent: the records after it come back to the caller.
+        let mut i = chaos(limits.clone());
+        let mut batch = records(&["a", "loop", "b", "c"]);
+        let mut outcomes = Vec::new();
+        let until = Instant::now() + Duration::from_millis(100);
+        i.handle_batch(&mut batch, &CancellationToken::new(), until, &mut outcomes);
+        assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+        assert_eq!(fails(outcomes[1].0.clone()).kind, FailureKind::Timeout);
+        assert_eq!(i.calls(), 1);
+        // Likewise when cancelled while the loop runs.
+        let mut i = chaos(limits);
+        let cancel = CancellationToken::new();
+        outcomes.clear();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                cancel.cancel();
+            });
+            i.handle_batch(&mut batch, &cancel, later(), &mut outcomes);
+        });
+        assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+        assert_eq!(fails(outcomes[1].0.clone()).kind, FailureKind::Timeout);
+        assert_eq!(i.calls(), 1);
+        // Neither: the rest go on, on a fresh instance, in the same call.
+        outcomes.clear();
+        i.handle_batch(
+            &mut batch,
+            &CancellationToken::new(),
+            later(),
+            &mut outcomes,
+        );
+        assert_eq!(outcomes.len(), 4, "{outcomes:?}");
+        assert_eq!(value(outcomes[3].0.clone()), "C");
+        assert_eq!(i.calls(), 1 + 2);
+    }
+
     fn later() -> Instant {
         Instant::now() + Duration::from_secs(3600)
     }
@@ -718,7 +765,8 @@ mod batches {
         };
         let mut i = Instance::new(load("uppercase", settings));
         let (outcomes, calls) = run_all(&mut i, records(&["x"; 25]));
-        assert_eq!(calls, [10, 10, 5]);
+        assert_eq!(calls, [25]);
+        assert_eq!(i.calls(), 3, "a call of 10 records per instance");
         assert!(outcomes.iter().all(Result::is_ok));
         assert_eq!(i.instantiations(), 3);
     }
@@ -766,11 +814,8 @@ mod batches {
     fn encoded_outputs_that_do_not_parse_fail_their_record_only() {
         let mut i = Instance::new(load("rogue-batch", PluginSettings::default()));
         let (outcomes, calls) = run_all(&mut i, records(&["a", "garbled", "b"]));
-        assert_eq!(
-            calls,
-            [2, 1],
-            "the call ends at the bad report: {outcomes:?}"
-        );
+        assert_eq!(calls, [3], "{outcomes:?}");
+        assert_eq!(i.calls(), 2, "the call ends at the bad report");
         assert_eq!(value(outcomes[0].clone()), "a");
         let f = fails(outcomes[1].clone());
         assert_eq!(f.kind, FailureKind::Trap);

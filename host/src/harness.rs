@@ -262,7 +262,7 @@ pub fn run(
                 topic,
                 partition,
                 offset,
-                failure,
+                failure: *failure,
             },
         };
         serde_json::to_writer(&mut *out, &line)?;

@@ -51,7 +51,7 @@ impl Output {
 }
 
 /// What became of one record in a plugin: its outputs, or why it failed.
-pub type Outcome = Result<Vec<Output>, Failure>;
+pub type Outcome = Result<Vec<Output>, Box<Failure>>;
 
 /// Why a record failed. The names are stable: they go into dead-letter
 /// headers, metrics and the harness output.

@@ -145,8 +145,9 @@ pub(crate) struct HostState {
     pub batch: BatchCall,
 }
 
-/// What `batch.finished` needs while a `handle-batch` call runs, kept in
-/// the store between calls so its vectors are reused.
+/// What `batch.finished` needs while a `handle-batch` call runs. Its two
+/// vectors are the instance's, lent for the call (`instance::Batch`), so
+/// they outlive the stores that traps replace.
 #[derive(Debug)]
 pub(crate) struct BatchCall {
     /// A record of the call awaits its report: only then may the guest
@@ -154,8 +155,6 @@ pub(crate) struct BatchCall {
     pub open: bool,
     /// Where the call's records came from, in order.
     pub records: Vec<RecordContext>,
-    /// The records in the `handle-batch` layout (kept for its capacity).
-    pub encoded: Vec<u8>,
     /// The outcome of each record reported so far, and when it was.
     pub outcomes: Vec<(Outcome, Instant)>,
     /// Stop before the next record once cancelled (revoke, shutdown).
@@ -212,7 +211,6 @@ impl HostState {
             batch: BatchCall {
                 open: false,
                 records: Vec::new(),
-                encoded: Vec::new(),
                 outcomes: Vec::new(),
                 cancel: CancellationToken::new(),
                 cancel_checked: None,

@@ -39,12 +39,96 @@ struct Live {
     records: u64,
 }
 
+/// A `handle-batch` call's buffers, kept by the [`Instance`] across calls
+/// and across the stores that traps replace: once grown, a call allocates
+/// nothing for them, and after a trap the records not yet run go on to the
+/// fresh instance as they were encoded.
+#[derive(Default)]
+struct Batch {
+    /// Records in the `handle-batch` layout, back to back.
+    encoded: Vec<u8>,
+    /// Where each record's encoding ends in `encoded`.
+    ends: Vec<usize>,
+    /// Where the records of a call came from, in order (in the store's
+    /// [`BatchCall`] while the call runs).
+    contexts: Vec<RecordContext>,
+    /// Their outcomes so far (likewise).
+    outcomes: Vec<(Outcome, Instant)>,
+}
+
+impl Batch {
+    /// Encodes records from the front of `records`, as many as fit one
+    /// call ([`BATCH_BYTES`]; at least one), and says how many.
+    fn encode(&mut self, records: &[Record]) -> usize {
+        self.encoded.clear();
+        self.ends.clear();
+        for record in records {
+            let start = self.encoded.len();
+            encode(record, &mut self.encoded);
+            if !self.ends.is_empty() && self.encoded.len() > BATCH_BYTES {
+                self.encoded.truncate(start);
+                break;
+            }
+            self.ends.push(self.encoded.len());
+        }
+        self.ends.len()
+    }
+
+    /// One `handle-batch` call on `records`, encoded from index `first`
+    /// on. Returns the call's result and whether it ended on a record that
+    /// was never reported (the guest trapped or returned on it); the
+    /// outcomes reported are in `self.outcomes`.
+    fn call(
+        &mut self,
+        live: &mut Live,
+        records: &[Record],
+        first: usize,
+        cancel: &CancellationToken,
+        until: Instant,
+    ) -> (wasmtime::Result<()>, bool) {
+        // Reusing the topics' buffers from the last call.
+        self.contexts
+            .resize_with(records.len(), RecordContext::default);
+        for (context, record) in self.contexts.iter_mut().zip(records) {
+            context.topic.clone_from(&record.topic);
+            context.partition = record.partition;
+            context.offset = record.offset;
+        }
+        let state = live.store.data_mut();
+        let call = &mut state.batch;
+        std::mem::swap(&mut call.records, &mut self.contexts);
+        std::mem::swap(&mut call.outcomes, &mut self.outcomes);
+        call.outcomes.clear();
+        call.cancel = cancel.clone();
+        call.cancel_checked = None;
+        call.until = until;
+        call.open = true;
+        state.begin_batch_record(0);
+        let arm = state.batch.arm;
+        arm.apply(&mut live.store);
+        let Bindings::Batch(bindings) = &live.bindings else {
+            unreachable!("a plugin of the batch world has batch bindings");
+        };
+        let start = first.checked_sub(1).map_or(0, |i| self.ends[i]);
+        let end = self.ends[first + records.len() - 1];
+        let result = bindings.call_handle_batch(&mut live.store, &self.encoded[start..end]);
+        let call = &mut live.store.data_mut().batch;
+        std::mem::swap(&mut call.records, &mut self.contexts);
+        std::mem::swap(&mut call.outcomes, &mut self.outcomes);
+        (result, std::mem::take(&mut call.open))
+    }
+}
+
 /// Calls one plugin, instantiating it lazily and replacing it after a trap.
 pub struct Instance {
     plugin: Arc<Plugin>,
     live: Option<Live>,
+    /// Buffers of `handle-batch` calls.
+    batch: Batch,
     /// Instantiations so far (for metrics and tests).
     instantiations: u64,
+    /// Calls into the plugin so far, `handle` or `handle-batch` (for tests).
+    calls: u64,
     /// Demangled guest function names, kept across instances.
     names: FrameNames,
 }
@@ -64,7 +148,9 @@ impl Instance {
         Self {
             plugin,
             live: None,
+            batch: Batch::default(),
             instantiations: 0,
+            calls: 0,
             names: FrameNames::default(),
         }
     }
@@ -75,6 +161,13 @@ impl Instance {
 
     pub fn instantiations(&self) -> u64 {
         self.instantiations
+    }
+
+    /// Calls into the plugin so far: one per record, or one per
+    /// `handle-batch` call (several per [`Instance::handle_batch`] after a
+    /// trap or at the recycling count).
+    pub fn calls(&self) -> u64 {
+        self.calls
     }
 
     /// Instantiates now rather than on the first record.
@@ -115,6 +208,7 @@ impl Instance {
             value: record.value.take(),
             headers: std::mem::take(&mut record.headers),
         };
+        self.calls += 1;
         let result = live.bindings.call_handle(&mut live.store, &message);
         record.topic = message.topic;
         record.key = message.key;
@@ -132,7 +226,7 @@ impl Instance {
             Err(error) => {
                 // A trap poisons the store: this instance is never used again.
                 let failure = classify(&error, state, plugin, &mut self.names);
-                return Err(failure);
+                return Err(failure.into());
             }
         };
         if self.keep(&live) {
@@ -144,11 +238,12 @@ impl Instance {
     /// Runs records from the front of `records` through the plugin and
     /// appends their outcomes to `outcomes`, in order, each with the time it
     /// ended: at least one record's, and more in one call when the plugin
-    /// implements the batch world. The records beyond are not run (the
-    /// batch stopped early: a retry, a trap, `cancel`, a record that ended
-    /// after `until`, a size bound); run them in a later call. As in
-    /// [`Instance::handle_in_place`], the records' buffers go into the call
-    /// and come back unchanged.
+    /// implements the batch world. After a trap the records after the one
+    /// that trapped go on, in the same call of this method, to a fresh
+    /// instance. The records beyond are not run (the batch stopped early: a
+    /// retry, `cancel`, a record that ended after `until`, a size bound);
+    /// run them in a later call. As in [`Instance::handle_in_place`], the
+    /// records' buffers may go into the call and come back unchanged.
     pub fn handle_batch(
         &mut self,
         records: &mut [Record],
@@ -167,91 +262,70 @@ impl Instance {
             outcomes.push((outcome, Instant::now()));
             return;
         }
-        let mut live = match self.live.take() {
-            Some(live) => live,
-            None => match self.instantiate() {
-                Ok(live) => live,
-                Err(failure) => {
-                    outcomes.push((Err(failure), Instant::now()));
-                    return;
-                }
-            },
-        };
-        let plugin = &self.plugin;
-        // Never past the instance's recycling count.
-        let left = plugin
-            .settings
-            .recycle
-            .max_records
-            .saturating_sub(live.records);
-        let most = records
-            .len()
-            .min(BATCH_RECORDS)
-            .min(usize::try_from(left).unwrap_or(usize::MAX))
-            .max(1);
-
-        let state = live.store.data_mut();
-        let call = &mut state.batch;
-        let mut encoded = std::mem::take(&mut call.encoded);
-        encoded.clear();
-        let mut n = 0;
-        for record in &records[..most] {
-            let start = encoded.len();
-            encode(record, &mut encoded);
-            if n > 0 && encoded.len() > BATCH_BYTES {
-                encoded.truncate(start);
-                break;
-            }
-            n += 1;
-        }
-        // Reusing the topics' buffers from the last call.
-        call.records.resize_with(n, RecordContext::default);
-        for (context, record) in call.records.iter_mut().zip(records) {
-            context.topic.clone_from(&record.topic);
-            context.partition = record.partition;
-            context.offset = record.offset;
-        }
-        call.outcomes.clear();
-        call.cancel = cancel.clone();
-        call.cancel_checked = None;
-        call.until = until;
-        call.open = true;
-        state.begin_batch_record(0);
-        plugin.arm.apply(&mut live.store);
-        let Bindings::Batch(bindings) = &live.bindings else {
-            unreachable!("a plugin of the batch world has batch bindings");
-        };
-        let result = bindings.call_handle_batch(&mut live.store, &encoded);
-        let state = live.store.data_mut();
-        let call = &mut state.batch;
-        call.encoded = encoded;
-        // Still open: the call ended on a record that `finished` never saw.
-        let ended_on_a_record = std::mem::take(&mut call.open);
-        live.records += call.outcomes.len() as u64;
-        outcomes.append(&mut call.outcomes);
-        if ended_on_a_record {
-            state.warn_suppressed_logs();
-            live.records += 1;
-            let failure = match &result {
-                // The record being handled trapped; the rest run on a fresh
-                // instance.
-                Err(error) => classify(error, state, plugin, &mut self.names),
-                // The guest returned without reporting the record it was
-                // on: name it, so the batch moves on.
-                Ok(()) => Failure {
-                    trap: Some("unreported".into()),
-                    ..Failure::new(
-                        FailureKind::Trap,
-                        "handle-batch returned without reporting this record's outcome",
-                        plugin.id.clone(),
-                    )
+        // Encoded once: after a trap the rest go on as they were encoded.
+        let n = self
+            .batch
+            .encode(&records[..records.len().min(BATCH_RECORDS)]);
+        let mut from: usize = 0;
+        loop {
+            let mut live = match self.live.take() {
+                Some(live) => live,
+                None => match self.instantiate() {
+                    Ok(live) => live,
+                    Err(failure) => {
+                        outcomes.push((Err(failure.into()), Instant::now()));
+                        return;
+                    }
                 },
             };
-            outcomes.push((Err(failure), Instant::now()));
-        }
-        // A trap poisons the store, even one after the last record.
-        if result.is_ok() && self.keep(&live) {
-            self.live = Some(live);
+            // Never past the instance's recycling count.
+            let recycle = &self.plugin.settings.recycle;
+            let left = recycle.max_records.saturating_sub(live.records);
+            let left = usize::try_from(left).unwrap_or(usize::MAX).max(1);
+            let to = n.min(from.saturating_add(left));
+            self.calls += 1;
+            let (result, ended_on_a_record) =
+                self.batch
+                    .call(&mut live, &records[from..to], from, cancel, until);
+            let ran = self.batch.outcomes.len();
+            live.records += ran as u64;
+            outcomes.append(&mut self.batch.outcomes);
+            from += ran;
+            let plugin = &self.plugin;
+            let state = live.store.data_mut();
+            if ended_on_a_record {
+                state.warn_suppressed_logs();
+                live.records += 1;
+                from += 1;
+                let failure = match &result {
+                    // The record being handled trapped; the rest run on a
+                    // fresh instance.
+                    Err(error) => classify(error, state, plugin, &mut self.names),
+                    // The guest returned without reporting the record it was
+                    // on: name it, so the batch moves on.
+                    Ok(()) => Failure {
+                        trap: Some("unreported".into()),
+                        ..Failure::new(
+                            FailureKind::Trap,
+                            "handle-batch returned without reporting this record's outcome",
+                            plugin.id.clone(),
+                        )
+                    },
+                };
+                outcomes.push((Err(failure.into()), Instant::now()));
+            }
+            // A trap poisons the store, even one after the last record.
+            let trapped = result.is_err();
+            let all_ran = !ended_on_a_record && !trapped && from == to;
+            if !trapped && self.keep(&live) {
+                self.live = Some(live);
+            }
+            // Go on with the records encoded after a trap, or past the
+            // recycling count; any other early end returns to the caller.
+            let go_on = (ended_on_a_record && trapped) || all_ran;
+            if !go_on || from >= n || cancel.is_cancelled() || Instant::now() >= until {
+                return;
+            }
         }
     }
 
@@ -373,12 +447,12 @@ pub(crate) fn finished_encoded(
                 })?;
             let plugin = store.data().plugin();
             if count > outputs.len() {
-                Err(too_many_outputs(count, max_outputs, plugin))
+                Err(too_many_outputs(count, max_outputs, plugin).into())
             } else {
                 check_outputs(outputs, max_outputs, max_bytes, plugin)
             }
         }
-        Err(failure) => Err(failed(failure, store.data().plugin())),
+        Err(failure) => Err(failed(failure, store.data().plugin()).into()),
     };
     report(store, outcome)
 }
@@ -553,7 +627,7 @@ fn outcome(
             max_bytes,
             plugin,
         ),
-        Err(failure) => Err(failed(failure, plugin)),
+        Err(failure) => Err(failed(failure, plugin).into()),
     }
 }
 
@@ -572,15 +646,15 @@ fn check_outputs(
     plugin: &PluginId,
 ) -> Outcome {
     if outputs.len() > max_outputs as usize {
-        return Err(too_many_outputs(outputs.len(), max_outputs, plugin));
+        return Err(too_many_outputs(outputs.len(), max_outputs, plugin).into());
     }
     let bytes: u64 = outputs.iter().map(|o| o.size() as u64).sum();
     if bytes > max_bytes {
-        return Err(Failure::new(
+        return Err(Box::new(Failure::new(
             FailureKind::OutputLimit,
             format!("{bytes} output bytes, more than the {max_bytes} allowed per record"),
             plugin.clone(),
-        ));
+        )));
     }
     Ok(outputs)
 }
