@@ -116,7 +116,7 @@ pub fn runtime_bench() -> anyhow::Result<()> {
         let normal = reuse_t.as_secs_f64() / n as f64;
         let trap_cost = trap_t.as_secs_f64() / pairs as f64 - normal;
         // A trap in the middle of a batch, as the pipeline meets it: the
-        // rest of the batch goes again, encoded anew, to a fresh instance.
+        // rest of the batch goes on to a fresh instance.
         let clean_t = batched(&sometimes, &mut records, n)?;
         let (traps_t, trapped) = batched_counting(&sometimes, &mut one_in_100, n)?;
         let batch_trap_cost =

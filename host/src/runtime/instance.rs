@@ -650,11 +650,12 @@ fn check_outputs(
     }
     let bytes: u64 = outputs.iter().map(|o| o.size() as u64).sum();
     if bytes > max_bytes {
-        return Err(Box::new(Failure::new(
+        let failure = Failure::new(
             FailureKind::OutputLimit,
             format!("{bytes} output bytes, more than the {max_bytes} allowed per record"),
             plugin.clone(),
-        )));
+        );
+        return Err(failure.into());
     }
     Ok(outputs)
 }
