@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use sandpiper::record::{Failure, FailureKind, Outcome};
 use sandpiper::runtime::{
-    EngineSettings, Instance, Isolation, Limits, PluginError, PluginSettings, Runtime,
+    EngineSettings, Instance, Isolation, Limits, PluginError, PluginSettings, Recycle, Runtime,
 };
 
 use crate::support::{self, load, record};
@@ -312,6 +312,41 @@ fn per_record_isolation_uses_a_fresh_instance_each_time() {
         assert!(i.handle(&record(n, "x")).is_ok());
     }
     assert_eq!(i.instantiations(), 5);
+}
+
+#[test]
+fn an_instance_grown_past_its_memory_limit_is_replaced_and_the_next_starts_afresh() {
+    let settings = PluginSettings {
+        recycle: Recycle {
+            max_memory_mb: Some(2),
+            ..Recycle::default()
+        },
+        ..PluginSettings::default()
+    };
+    let mut i = Instance::new(load("chaos", settings));
+    assert_eq!(value(i.handle(&record(0, "small"))), "SMALL");
+    // Grows the guest's memory past 2 MiB (the output itself may be
+    // refused; the instance is replaced either way).
+    let _ = i.handle(&record(1, "big-output:3145728"));
+    assert_eq!(i.instantiations(), 1);
+    // The replacement's high-water mark is its own: it serves the rest.
+    for n in 2..5 {
+        assert_eq!(value(i.handle(&record(n, "small"))), "SMALL");
+    }
+    assert_eq!(i.instantiations(), 2);
+    // And after a trap the same holds.
+    let f = fails(i.handle(&record(5, "stderr-then-panic")));
+    assert!(f.stderr.contains("line 100"), "{}", f.stderr);
+    for n in 6..9 {
+        assert_eq!(value(i.handle(&record(n, "small"))), "SMALL");
+    }
+    assert_eq!(i.instantiations(), 3);
+    let f = fails(i.handle(&record(9, "panic")));
+    assert!(
+        !f.stderr.contains("line 100"),
+        "an earlier instance's stderr: {}",
+        f.stderr
+    );
 }
 
 #[test]

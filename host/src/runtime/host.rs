@@ -222,6 +222,25 @@ impl HostState {
         }
     }
 
+    /// Makes the data of a dropped store (`Store::into_data`) ready for the
+    /// next instance of the same plugin: as [`HostState::new`] left it, but
+    /// keeping what is not the instance's own (the WASI context, which the
+    /// guest cannot change, and the stdio buffer), so a fresh instance per
+    /// record or after a trap builds neither again. The resource table is
+    /// always new: the old instance's handles die with it.
+    pub(crate) fn reuse(&mut self, limits: &Limits) {
+        self.table = ResourceTable::new();
+        self.limiter = Limiter::new(limits.memory_bytes());
+        self.record.topic.clear();
+        self.record.partition = 0;
+        self.record.offset = 0;
+        self.reset_record();
+        self.batch.open = false;
+        self.batch.outcomes.clear();
+        self.batch.records.clear();
+        self.batch.cancel_checked = None;
+    }
+
     pub(crate) fn plugin(&self) -> &PluginId {
         &self.plugin
     }

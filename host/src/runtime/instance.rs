@@ -131,6 +131,9 @@ pub struct Instance {
     calls: u64,
     /// Demangled guest function names, kept across instances.
     names: FrameNames,
+    /// The data of the last store dropped, for the next one
+    /// ([`HostState::reuse`]).
+    spare: Option<HostState>,
 }
 
 impl std::fmt::Debug for Instance {
@@ -152,6 +155,7 @@ impl Instance {
             instantiations: 0,
             calls: 0,
             names: FrameNames::default(),
+            spare: None,
         }
     }
 
@@ -226,11 +230,14 @@ impl Instance {
             Err(error) => {
                 // A trap poisons the store: this instance is never used again.
                 let failure = classify(&error, state, plugin, &mut self.names);
+                self.retire(live);
                 return Err(failure.into());
             }
         };
         if self.keep(&live) {
             self.live = Some(live);
+        } else {
+            self.retire(live);
         }
         outcome
     }
@@ -319,6 +326,8 @@ impl Instance {
             let all_ran = !ended_on_a_record && !trapped && from == to;
             if !trapped && self.keep(&live) {
                 self.live = Some(live);
+            } else {
+                self.retire(live);
             }
             // Go on with the records encoded after a trap, or past the
             // recycling count; any other early end returns to the caller.
@@ -344,15 +353,26 @@ impl Instance {
                 .is_none_or(|mb| peak <= mb as usize * (1 << 20))
     }
 
+    /// Drops a guest, keeping its store's data for the next one.
+    fn retire(&mut self, live: Live) {
+        self.spare = Some(live.store.into_data());
+    }
+
     fn instantiate(&mut self) -> Result<Live, Failure> {
         let plugin = &self.plugin;
         let settings = &plugin.settings;
-        let state = HostState::new(
-            plugin.id.clone(),
-            &settings.limits,
-            plugin.arm,
-            settings.config.clone(),
-        );
+        let state = match self.spare.take() {
+            Some(mut state) => {
+                state.reuse(&settings.limits);
+                state
+            }
+            None => HostState::new(
+                plugin.id.clone(),
+                &settings.limits,
+                plugin.arm,
+                settings.config.clone(),
+            ),
+        };
         let mut store = Store::new(&plugin.engine, state);
         store.limiter(|s| &mut s.limiter);
         // Start functions run under the same deadline and fuel as a record.
@@ -376,6 +396,7 @@ impl Instance {
                 {
                     failure.kind = FailureKind::InstantiateError;
                 }
+                self.spare = Some(store.into_data());
                 Err(failure)
             }
         }
