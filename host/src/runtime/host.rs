@@ -224,10 +224,12 @@ impl HostState {
 
     /// Makes the data of a dropped store (`Store::into_data`) ready for the
     /// next instance of the same plugin: as [`HostState::new`] left it, but
-    /// keeping what is not the instance's own (the WASI context, which the
-    /// guest cannot change, and the stdio buffer), so a fresh instance per
+    /// keeping what is not the instance's own (the WASI context, whose
+    /// settings the guest cannot change and whose random generators go on
+    /// where they were, and the stdio buffer), so a fresh instance per
     /// record or after a trap builds neither again. The resource table is
-    /// always new: the old instance's handles die with it.
+    /// always new (the old instance's handles die with it), and so is the
+    /// memory limiter (its high-water mark decides recycling).
     pub(crate) fn reuse(&mut self, limits: &Limits) {
         self.table = ResourceTable::new();
         self.limiter = Limiter::new(limits.memory_bytes());

@@ -26,8 +26,9 @@ const BATCH_RECORDS: usize = 256;
 /// Bytes of encoded records per `handle-batch` call, at most (a larger
 /// record goes alone): the guest holds the whole batch at once, under its
 /// memory cap, so large records go in small batches; and after a trap the
-/// rest of a call's records are copied again, into a fresh instance. 64 KiB holds a full batch of 100-byte records; 1 KB records
-/// go about 60 to a call, whose fixed cost is then a small share of theirs.
+/// rest of a call's records are copied again, into a fresh instance.
+/// 64 KiB holds a full batch of 100-byte records; 1 KB records go about
+/// 60 to a call, whose fixed cost is then a small share of theirs.
 const BATCH_BYTES: usize = 64 << 10;
 
 /// A live guest: its store and bindings, plus what recycling looks at.
