@@ -722,7 +722,6 @@ mod batches {
         assert_eq!(i.instantiations(), 1, "stopping early is no fault");
     }
 
-    /// A time budget no batch reaches.
     #[test]
     fn after_a_trap_the_rest_go_on_only_within_the_time_budget_and_uncancelled() {
         let limits = Limits {
@@ -766,6 +765,7 @@ mod batches {
         assert_eq!(i.calls(), 1 + 2);
     }
 
+    /// A time budget no batch reaches.
     fn later() -> Instant {
         Instant::now() + Duration::from_secs(3600)
     }

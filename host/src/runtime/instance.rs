@@ -230,15 +230,11 @@ impl Instance {
             Err(error) => {
                 // A trap poisons the store: this instance is never used again.
                 let failure = classify(&error, state, plugin, &mut self.names);
-                self.retire(live);
+                self.put_back(live, false);
                 return Err(failure.into());
             }
         };
-        if self.keep(&live) {
-            self.live = Some(live);
-        } else {
-            self.retire(live);
-        }
+        self.put_back(live, true);
         outcome
     }
 
@@ -324,11 +320,7 @@ impl Instance {
             // A trap poisons the store, even one after the last record.
             let trapped = result.is_err();
             let all_ran = !ended_on_a_record && !trapped && from == to;
-            if !trapped && self.keep(&live) {
-                self.live = Some(live);
-            } else {
-                self.retire(live);
-            }
+            self.put_back(live, !trapped);
             // Go on with the records encoded after a trap, or past the
             // recycling count; any other early end returns to the caller.
             let go_on = (ended_on_a_record && trapped) || all_ran;
@@ -353,9 +345,15 @@ impl Instance {
                 .is_none_or(|mb| peak <= mb as usize * (1 << 20))
     }
 
-    /// Drops a guest, keeping its store's data for the next one.
-    fn retire(&mut self, live: Live) {
-        self.spare = Some(live.store.into_data());
+    /// After a call: keeps a healthy guest for the next record unless it
+    /// is due for recycling; otherwise drops it (a trap poisons its store),
+    /// keeping the store's data for the next one ([`HostState::reuse`]).
+    fn put_back(&mut self, live: Live, healthy: bool) {
+        if healthy && self.keep(&live) {
+            self.live = Some(live);
+        } else {
+            self.spare = Some(live.store.into_data());
+        }
     }
 
     fn instantiate(&mut self) -> Result<Live, Failure> {
