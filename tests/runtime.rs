@@ -308,10 +308,86 @@ fn per_record_isolation_uses_a_fresh_instance_each_time() {
         ..PluginSettings::default()
     };
     let mut i = Instance::new(load("uppercase", settings));
-    for n in 0..5 {
+    for n in 0..20 {
         assert!(i.handle(&record(n, "x")).is_ok());
     }
-    assert_eq!(i.instantiations(), 5);
+    assert_eq!(i.instantiations(), 20);
+    // Up to 8 instances, one after another, in a store.
+    assert_eq!(i.stores(), 3);
+}
+
+#[test]
+fn per_record_isolation_carries_no_guest_state_between_records_sharing_a_store() {
+    let isolated = PluginSettings {
+        isolation: Isolation::PerRecord,
+        ..PluginSettings::default()
+    };
+    // `flaky:2` fails its first call per instance (a count in the guest's
+    // memory) and succeeds on the second.
+    let mut i = Instance::new(load("chaos", PluginSettings::default()));
+    assert_eq!(
+        fails(i.handle(&record(0, "flaky:2"))).kind,
+        FailureKind::Retry
+    );
+    assert_eq!(value(i.handle(&record(0, "flaky:2"))), "FLAKY:2");
+    let mut i = Instance::new(load("chaos", isolated));
+    for _ in 0..5 {
+        assert_eq!(
+            fails(i.handle(&record(0, "flaky:2"))).kind,
+            FailureKind::Retry
+        );
+    }
+    assert_eq!((i.instantiations(), i.stores()), (5, 1));
+}
+
+#[test]
+fn per_record_isolation_gives_large_guests_stores_of_their_own_sooner() {
+    let settings = PluginSettings {
+        isolation: Isolation::PerRecord,
+        limits: Limits {
+            memory_mb: 128,
+            max_output_bytes: 64 << 20,
+            ..Limits::default()
+        },
+        ..PluginSettings::default()
+    };
+    let mut i = Instance::new(load("chaos", settings));
+    // Each grows its memory past 20 MiB: two fit a store's 32 MiB.
+    for n in 0..6 {
+        assert!(i.handle(&record(n, "big-output:20971520")).is_ok());
+    }
+    assert_eq!((i.instantiations(), i.stores()), (6, 3));
+}
+
+#[test]
+fn per_record_isolation_gives_back_its_spent_instances_when_the_pool_runs_out() {
+    let runtime = Runtime::new(EngineSettings {
+        pool_instances: 2,
+        ..EngineSettings::default()
+    })
+    .expect("engine");
+    let settings = PluginSettings {
+        isolation: Isolation::PerRecord,
+        ..PluginSettings::default()
+    };
+    let plugin = runtime
+        .load_file(&support::plugin("uppercase"), settings)
+        .expect("loads");
+    let mut i = Instance::new(plugin.clone());
+    // Two slots: a store holds two instances, then the third goes to a
+    // store of its own.
+    for n in 0..10 {
+        assert_eq!(value(i.handle(&record(n, "x"))), "X");
+    }
+    assert_eq!(i.stores(), 5);
+    // The spent instances hold their slots until released.
+    let mut other = Instance::new(plugin);
+    assert_eq!(
+        fails(other.handle(&record(0, "y"))).kind,
+        FailureKind::InstantiateError
+    );
+    i.release_spent();
+    assert_eq!(value(other.handle(&record(1, "y"))), "Y");
 }
 
 #[test]

@@ -218,6 +218,9 @@ impl Thread {
                 break;
             }
         }
+        // An idle thread holds one instance at most (per-record isolation
+        // keeps spent ones until their store is full).
+        instance.release_spent();
         self.metrics
             .instantiations
             .inc_by(instance.instantiations() - instantiations);

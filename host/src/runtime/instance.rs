@@ -31,12 +31,41 @@ const BATCH_RECORDS: usize = 256;
 /// 60 to a call, whose fixed cost is then a small share of theirs.
 const BATCH_BYTES: usize = 64 << 10;
 
+/// Under per-record isolation, instances made one after another in one
+/// store, at most: each serves one record and stays in the store, unused,
+/// until the store is dropped with all of them. A new store and the
+/// registration of the component's modules in it cost about a tenth of a
+/// fresh instance (BENCHMARKS.md); more than 8 saved nothing more.
+const INSTANCES_PER_STORE: u32 = 8;
+
+/// Linear memory (high-water marks, summed) of the instances one store may
+/// hold under per-record isolation: a guest that grows large gets a store
+/// to itself sooner.
+const MEMORY_PER_STORE: usize = 32 << 20;
+
 /// A live guest: its store and bindings, plus what recycling looks at.
 struct Live {
     store: Store<HostState>,
     bindings: Bindings,
     created: Instant,
     records: u64,
+    /// The instances made in `store` before this one.
+    earlier: Spent,
+}
+
+/// Instances in a store that have served their record (per-record
+/// isolation), and their linear memory's high-water marks, summed.
+#[derive(Debug, Clone, Copy, Default)]
+struct Spent {
+    instances: u32,
+    memory: usize,
+}
+
+/// A store whose instances have all served their record, kept for the next
+/// record's instance (per-record isolation).
+struct Held {
+    store: Store<HostState>,
+    spent: Spent,
 }
 
 /// A `handle-batch` call's buffers, kept by the [`Instance`] across calls
@@ -134,6 +163,10 @@ pub struct Instance {
     /// The data of the last store dropped, for the next one
     /// ([`HostState::reuse`]).
     spare: Option<HostState>,
+    /// Under per-record isolation, the store the next instance is made in.
+    held: Option<Held>,
+    /// Stores made so far (for tests).
+    stores: u64,
 }
 
 impl std::fmt::Debug for Instance {
@@ -156,6 +189,8 @@ impl Instance {
             calls: 0,
             names: FrameNames::default(),
             spare: None,
+            held: None,
+            stores: 0,
         }
     }
 
@@ -172,6 +207,23 @@ impl Instance {
     /// trap or at the recycling count).
     pub fn calls(&self) -> u64 {
         self.calls
+    }
+
+    /// Stores made so far: one per instance, except under per-record
+    /// isolation, where one store holds up to [`INSTANCES_PER_STORE`].
+    pub fn stores(&self) -> u64 {
+        self.stores
+    }
+
+    /// Drops the instances that have served their record under per-record
+    /// isolation (they wait in their store to be dropped together),
+    /// returning their slots to the instance pool. The plugin threads call
+    /// it when a job ends, so that an idle thread holds no more than one
+    /// instance, as under reuse.
+    pub fn release_spent(&mut self) {
+        if let Some(held) = self.held.take() {
+            self.spare = Some(held.store.into_data());
+        }
     }
 
     /// Instantiates now rather than on the first record.
@@ -348,33 +400,58 @@ impl Instance {
     /// After a call: keeps a healthy guest for the next record unless it
     /// is due for recycling; otherwise drops it (a trap poisons its store),
     /// keeping the store's data for the next one ([`HostState::reuse`]).
+    /// Under per-record isolation a healthy guest's store is kept, with the
+    /// guest in it, for the next record's instance, within
+    /// [`INSTANCES_PER_STORE`] and [`MEMORY_PER_STORE`].
     fn put_back(&mut self, live: Live, healthy: bool) {
         if healthy && self.keep(&live) {
             self.live = Some(live);
-        } else {
-            self.spare = Some(live.store.into_data());
+            return;
         }
+        let Live { store, earlier, .. } = live;
+        if healthy && self.plugin.settings.isolation == Isolation::PerRecord {
+            let spent = Spent {
+                instances: earlier.instances + 1,
+                memory: earlier.memory + store.data().limiter.peak_memory,
+            };
+            if spent.instances < INSTANCES_PER_STORE && spent.memory <= MEMORY_PER_STORE {
+                self.held = Some(Held { store, spent });
+                return;
+            }
+        }
+        self.spare = Some(store.into_data());
     }
 
     fn instantiate(&mut self) -> Result<Live, Failure> {
         let plugin = &self.plugin;
         let settings = &plugin.settings;
-        let state = match self.spare.take() {
-            Some(mut state) => {
-                state.reuse(&settings.limits);
-                state
+        let (mut store, earlier) = match self.held.take() {
+            Some(Held { mut store, spent }) => {
+                store.data_mut().reuse(&settings.limits);
+                (store, spent)
             }
-            None => HostState::new(
-                plugin.id.clone(),
-                &settings.limits,
-                plugin.arm,
-                settings.config.clone(),
-            ),
+            None => {
+                let state = match self.spare.take() {
+                    Some(mut state) => {
+                        state.reuse(&settings.limits);
+                        state
+                    }
+                    None => HostState::new(
+                        plugin.id.clone(),
+                        &settings.limits,
+                        plugin.arm,
+                        settings.config.clone(),
+                    ),
+                };
+                let mut store = Store::new(&plugin.engine, state);
+                store.limiter(|s| &mut s.limiter);
+                // Start functions run under the same deadline and fuel as a
+                // record.
+                store.epoch_deadline_trap();
+                self.stores += 1;
+                (store, Spent::default())
+            }
         };
-        let mut store = Store::new(&plugin.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        // Start functions run under the same deadline and fuel as a record.
-        store.epoch_deadline_trap();
         plugin.arm.apply(&mut store);
         self.instantiations += 1;
         match plugin.pre.instantiate(&mut store) {
@@ -383,15 +460,20 @@ impl Instance {
                 bindings,
                 created: Instant::now(),
                 records: 0,
+                earlier,
             }),
+            // The pool may be full with this store's spent instances: once
+            // more in a store of its own.
+            Err(error) if earlier.instances > 0 && !guest_fault(&error) => {
+                self.spare = Some(store.into_data());
+                self.instantiate()
+            }
             Err(error) => {
                 let mut failure = classify(&error, store.data_mut(), plugin, &mut self.names);
                 // A guest that traps or exits in its start function is the
                 // plugin's fault; anything else (the pool is full) is the
                 // host's.
-                if error.downcast_ref::<Trap>().is_none()
-                    && error.downcast_ref::<wasmtime_wasi::I32Exit>().is_none()
-                {
+                if !guest_fault(&error) {
                     failure.kind = FailureKind::InstantiateError;
                 }
                 self.spare = Some(store.into_data());
@@ -696,6 +778,13 @@ impl From<WitOutput> for Output {
             headers: o.headers,
         }
     }
+}
+
+/// Whether the guest ended the call (a trap or an exit), rather than the host
+/// failing it.
+fn guest_fault(error: &wasmtime::Error) -> bool {
+    error.downcast_ref::<Trap>().is_some()
+        || error.downcast_ref::<wasmtime_wasi::I32Exit>().is_some()
 }
 
 /// Turns a wasmtime error from a call into a typed failure.
