@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use sandpiper::record::{Failure, FailureKind, Outcome};
 use sandpiper::runtime::{
-    EngineSettings, Instance, Isolation, Limits, PluginError, PluginSettings, Recycle, Runtime,
+    EngineSettings, Instance, Isolation, Limits, Plugin, PluginError, PluginSettings, Recycle,
+    Runtime,
 };
 
 use crate::support::{self, load, record};
@@ -359,20 +360,25 @@ fn per_record_isolation_gives_large_guests_stores_of_their_own_sooner() {
     assert_eq!((i.instantiations(), i.stores()), (6, 3));
 }
 
-#[test]
-fn per_record_isolation_gives_back_its_spent_instances_when_the_pool_runs_out() {
+/// `uppercase` on an engine whose pool has two instance slots. Loading
+/// instantiates once (then drops it): the pool has room again.
+fn uppercase_in_a_pool_of_two(settings: PluginSettings) -> Arc<Plugin> {
     let runtime = Runtime::new(EngineSettings {
         pool_instances: 2,
         ..EngineSettings::default()
     })
     .expect("engine");
-    let settings = PluginSettings {
+    runtime
+        .load_file(&support::plugin("uppercase"), settings)
+        .expect("loads")
+}
+
+#[test]
+fn per_record_isolation_gives_back_its_spent_instances_when_the_pool_runs_out() {
+    let plugin = uppercase_in_a_pool_of_two(PluginSettings {
         isolation: Isolation::PerRecord,
         ..PluginSettings::default()
-    };
-    let plugin = runtime
-        .load_file(&support::plugin("uppercase"), settings)
-        .expect("loads");
+    });
     let mut i = Instance::new(plugin.clone());
     // Two slots: a store holds two instances, then the third goes to a
     // store of its own.
@@ -441,15 +447,7 @@ fn fuel_stops_a_loop_as_out_of_fuel() {
 
 #[test]
 fn an_exhausted_pool_is_a_host_side_failure() {
-    let runtime = Runtime::new(EngineSettings {
-        pool_instances: 2,
-        ..EngineSettings::default()
-    })
-    .expect("engine");
-    // Loading instantiates once (then drops it): the pool has room again.
-    let plugin = runtime
-        .load_file(&support::plugin("uppercase"), PluginSettings::default())
-        .expect("loads");
+    let plugin = uppercase_in_a_pool_of_two(PluginSettings::default());
     let mut a = Instance::new(plugin.clone());
     let mut b = Instance::new(plugin.clone());
     let mut c = Instance::new(plugin);

@@ -2,7 +2,7 @@
 //! [`Outcome`].
 //!
 //! An instance is not shared between threads; the pipeline keeps one per
-//! partition worker. It must never let a guest fault escape as a panic or an
+//! plugin thread. It must never let a guest fault escape as a panic or an
 //! error: every path ends in outputs or a typed [`Failure`].
 
 use std::collections::HashMap;
