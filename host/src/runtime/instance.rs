@@ -222,7 +222,7 @@ impl Instance {
     /// instance, as under reuse.
     pub fn release_spent(&mut self) {
         if let Some(held) = self.held.take() {
-            self.spare = Some(held.store.into_data());
+            self.retire(held.store);
         }
     }
 
@@ -419,39 +419,48 @@ impl Instance {
                 return;
             }
         }
+        self.retire(store);
+    }
+
+    /// Drops a store and its instances, keeping its data for the next one
+    /// ([`HostState::reuse`]).
+    fn retire(&mut self, store: Store<HostState>) {
         self.spare = Some(store.into_data());
     }
 
-    fn instantiate(&mut self) -> Result<Live, Failure> {
+    /// A new store for the next instance, with the last one's data if any.
+    fn new_store(&mut self) -> Store<HostState> {
         let plugin = &self.plugin;
         let settings = &plugin.settings;
+        let state = match self.spare.take() {
+            Some(mut state) => {
+                state.reuse(&settings.limits);
+                state
+            }
+            None => HostState::new(
+                plugin.id.clone(),
+                &settings.limits,
+                plugin.arm,
+                settings.config.clone(),
+            ),
+        };
+        let mut store = Store::new(&plugin.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        // Start functions run under the same deadline and fuel as a record.
+        store.epoch_deadline_trap();
+        self.stores += 1;
+        store
+    }
+
+    fn instantiate(&mut self) -> Result<Live, Failure> {
         let (mut store, earlier) = match self.held.take() {
             Some(Held { mut store, spent }) => {
-                store.data_mut().reuse(&settings.limits);
+                store.data_mut().reuse(&self.plugin.settings.limits);
                 (store, spent)
             }
-            None => {
-                let state = match self.spare.take() {
-                    Some(mut state) => {
-                        state.reuse(&settings.limits);
-                        state
-                    }
-                    None => HostState::new(
-                        plugin.id.clone(),
-                        &settings.limits,
-                        plugin.arm,
-                        settings.config.clone(),
-                    ),
-                };
-                let mut store = Store::new(&plugin.engine, state);
-                store.limiter(|s| &mut s.limiter);
-                // Start functions run under the same deadline and fuel as a
-                // record.
-                store.epoch_deadline_trap();
-                self.stores += 1;
-                (store, Spent::default())
-            }
+            None => (self.new_store(), Spent::default()),
         };
+        let plugin = &self.plugin;
         plugin.arm.apply(&mut store);
         self.instantiations += 1;
         match plugin.pre.instantiate(&mut store) {
@@ -465,7 +474,7 @@ impl Instance {
             // The pool may be full with this store's spent instances: once
             // more in a store of its own.
             Err(error) if earlier.instances > 0 && !guest_fault(&error) => {
-                self.spare = Some(store.into_data());
+                self.retire(store);
                 self.instantiate()
             }
             Err(error) => {
@@ -476,7 +485,7 @@ impl Instance {
                 if !guest_fault(&error) {
                     failure.kind = FailureKind::InstantiateError;
                 }
-                self.spare = Some(store.into_data());
+                self.retire(store);
                 Err(failure)
             }
         }
