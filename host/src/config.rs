@@ -177,6 +177,13 @@ impl PipelineConfig {
         self.group.as_ref().map_or(&kafka.group.0, |g| &g.0)
     }
 
+    /// Instance-pool slots this pipeline may hold at once: its plugin
+    /// threads' (see [`Isolation::slots_per_thread`]) and one for a new
+    /// version being loaded (its first instance, then its canary's).
+    pub fn instance_slots(&self) -> u64 {
+        self.workers as u64 * u64::from(self.isolation.slots_per_thread()) + 1
+    }
+
     pub fn plugin_settings(&self) -> PluginSettings {
         PluginSettings {
             limits: self.limits.clone(),
@@ -399,14 +406,15 @@ impl Config {
     fn validate(&self, label: &str, text: &str) -> Result<(), ConfigError> {
         let line_of = |offset: usize| text[..offset.min(text.len())].lines().count().max(1);
         // The first line holding `key = ...value...`, for checks that span keys.
-        let find_line = |key: &str, value: &str| {
+        let find = |key: &str, value: &str| {
             text.lines()
                 .position(|l| {
                     let l = l.trim_start();
                     l.starts_with(key) && l.contains(value)
                 })
-                .map_or(1, |i| i + 1)
+                .map(|i| i + 1)
         };
+        let find_line = |key: &str, value: &str| find(key, value).unwrap_or(1);
         let invalid = |line: usize, key: &str, value: &str, reason: &str| ConfigError::Invalid {
             path: label.to_owned(),
             line,
@@ -528,6 +536,49 @@ impl Config {
                 }
             }
         }
+        let slots: u64 = self
+            .pipelines
+            .iter()
+            .map(PipelineConfig::instance_slots)
+            .sum();
+        let pool = self.runtime.pool_instances;
+        if u64::from(pool) < slots {
+            let each: Vec<String> = self
+                .pipelines
+                .iter()
+                .map(|p| {
+                    let isolation = match p.isolation {
+                        Isolation::Reuse => "reuse",
+                        Isolation::PerRecord => "per-record",
+                    };
+                    format!(
+                        "`{}` {} ({} workers × {} under {isolation} + 1)",
+                        p.name(),
+                        p.instance_slots(),
+                        p.workers,
+                        p.isolation.slots_per_thread(),
+                    )
+                })
+                .collect();
+            // Not written, the default is too small: point at the pipeline
+            // asking for the most.
+            let line = find("pool_instances", &pool.to_string()).unwrap_or_else(|| {
+                self.pipelines
+                    .iter()
+                    .max_by_key(|p| p.instance_slots())
+                    .map_or(1, |p| line_of(p.name.span().start))
+            });
+            return Err(invalid(
+                line,
+                "runtime.pool_instances",
+                &pool.to_string(),
+                &format!(
+                    "the pipelines may hold {slots} instances at once: {}; \
+                     set it to at least {slots}",
+                    each.join(", ")
+                ),
+            ));
+        }
         if self.kafka.properties.contains_key("group.id") {
             return Err(invalid(
                 find_line("\"group.id\"", ""),
@@ -628,6 +679,35 @@ listen = "127.0.0.1:9464"
         assert_eq!(c.pipelines[0].max_unacked_mb, 64);
         let e = err(&GOOD.replace("plugin = ", "max_unacked_mb = 0\nplugin = "));
         assert!(e.contains("max_unacked_mb") && e.contains("line 13"), "{e}");
+    }
+
+    #[test]
+    fn a_pool_too_small_for_the_plugin_threads_is_refused() {
+        // 2 workers (the default) + 1 to load a new version.
+        let small = GOOD.replace("[admin]", "[runtime]\npool_instances = 2\n\n[admin]");
+        let e = err(&small);
+        assert!(
+            e.contains("runtime.pool_instances")
+                && e.contains("line 23")
+                && e.contains("at least 3"),
+            "{e}"
+        );
+        let fits = small.replace("pool_instances = 2", "pool_instances = 3");
+        Config::parse("test.toml", &fits).expect("3 slots are enough");
+        // Per-record isolation: up to 8 per thread.
+        let per_record = fits.replace(
+            "[pipeline.limits]",
+            "isolation = \"per-record\"\n[pipeline.limits]",
+        );
+        let e = err(&per_record);
+        assert!(e.contains("at least 17") && e.contains("per-record"), "{e}");
+        // Not written: the default (256) names the pipeline's line.
+        let many = GOOD.replace("plugin = ", "workers = 300\nplugin = ");
+        let e = err(&many);
+        assert!(
+            e.contains("runtime.pool_instances") && e.contains("= 256") && e.contains("line 9"),
+            "{e}"
+        );
     }
 
     #[test]

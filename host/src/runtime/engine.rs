@@ -119,7 +119,14 @@ pub(crate) fn build(settings: &EngineSettings) -> anyhow::Result<Engine> {
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     let engine = Engine::new(&config)
         .map_err(anyhow::Error::from)
-        .context("configuring the wasmtime engine")?;
+        .with_context(|| {
+            // The pool reserves address space for two linear memories of up
+            // to 4 GiB per slot: tens of thousands of slots exhaust it.
+            format!(
+                "configuring the wasmtime engine with an instance pool of \
+                 `runtime.pool_instances` = {instances} (about 8 GiB of address space each)"
+            )
+        })?;
     start_ticker(
         &engine,
         Duration::from_millis(u64::from(settings.epoch_tick_ms.max(1))),

@@ -36,7 +36,7 @@ const BATCH_BYTES: usize = 64 << 10;
 /// until the store is dropped with all of them. A new store and the
 /// registration of the component's modules in it cost about a tenth of a
 /// fresh instance (BENCHMARKS.md); more than 8 saved nothing more.
-const INSTANCES_PER_STORE: u32 = 8;
+pub(super) const INSTANCES_PER_STORE: u32 = 8;
 
 /// Linear memory (high-water marks, summed) of the instances one store may
 /// hold under per-record isolation: a guest that grows large gets a store

@@ -80,6 +80,18 @@ pub enum Isolation {
     PerRecord,
 }
 
+impl Isolation {
+    /// Instance-pool slots one plugin thread may hold while it is busy:
+    /// its instance, or under per-record isolation the spent instances
+    /// sharing a store with it.
+    pub const fn slots_per_thread(self) -> u32 {
+        match self {
+            Self::Reuse => 1,
+            Self::PerRecord => super::instance::INSTANCES_PER_STORE,
+        }
+    }
+}
+
 /// The `[pipeline.recycle]` section: when a healthy reused instance is replaced.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
