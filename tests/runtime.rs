@@ -385,15 +385,19 @@ fn per_record_isolation_gives_back_its_spent_instances_when_the_pool_runs_out() 
     for n in 0..10 {
         assert_eq!(value(i.handle(&record(n, "x"))), "X");
     }
-    assert_eq!(i.stores(), 5);
+    // Each store's third attempt failed and was made again in a new
+    // store: ten instances made, in five stores.
+    assert_eq!((i.instantiations(), i.stores()), (10, 5));
     // The spent instances hold their slots until released.
     let mut other = Instance::new(plugin);
     assert_eq!(
         fails(other.handle(&record(0, "y"))).kind,
         FailureKind::InstantiateError
     );
+    assert_eq!(other.instantiations(), 0);
     i.release_spent();
     assert_eq!(value(other.handle(&record(1, "y"))), "Y");
+    assert_eq!(other.instantiations(), 1);
 }
 
 #[test]

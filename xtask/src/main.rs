@@ -90,12 +90,19 @@ fn build_plugins() -> anyhow::Result<()> {
     run(cmd)
 }
 
-/// The SDK's own unit tests, natively (the plugins workspace is not the
-/// host's; its plugins are tested through the host).
+/// The SDK's and the batch layouts' own unit tests, natively (the plugins
+/// workspace is not the host's; its plugins are tested through the host).
 fn test_sdk() -> anyhow::Result<()> {
     let mut cmd = cargo();
     cmd.current_dir(root().join("plugins"))
-        .args(["test", "--quiet", "-p", "sandpiper-sdk"])
+        .args([
+            "test",
+            "--quiet",
+            "-p",
+            "sandpiper-sdk",
+            "-p",
+            "sandpiper-wire",
+        ])
         .env("CARGO_TARGET_DIR", root().join("plugins/target"));
     run(cmd)
 }

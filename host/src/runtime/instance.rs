@@ -198,6 +198,7 @@ impl Instance {
         &self.plugin
     }
 
+    /// Instances made so far (an attempt that failed made none).
     pub fn instantiations(&self) -> u64 {
         self.instantiations
     }
@@ -462,15 +463,17 @@ impl Instance {
         };
         let plugin = &self.plugin;
         plugin.arm.apply(&mut store);
-        self.instantiations += 1;
         match plugin.pre.instantiate(&mut store) {
-            Ok(bindings) => Ok(Live {
-                store,
-                bindings,
-                created: Instant::now(),
-                records: 0,
-                earlier,
-            }),
+            Ok(bindings) => {
+                self.instantiations += 1;
+                Ok(Live {
+                    store,
+                    bindings,
+                    created: Instant::now(),
+                    records: 0,
+                    earlier,
+                })
+            }
             // The pool may be full with this store's spent instances: once
             // more in a store of its own.
             Err(error) if earlier.instances > 0 && !guest_fault(&error) => {
@@ -625,31 +628,21 @@ fn cancelled(call: &mut BatchCall, now: Instant) -> bool {
 /// flood of tiny outputs costs the host no memory. `None` if `bytes` is
 /// not in the layout.
 fn decode_outputs(bytes: &[u8], keep: usize) -> Option<(Vec<Output>, usize)> {
-    let mut wire = Wire(bytes);
+    let mut reader = sandpiper_wire::Reader::new(bytes);
     let mut outputs = Vec::new();
     let mut count = 0;
-    while !wire.0.is_empty() {
-        let kept = count < keep;
-        let topic = wire.option(Wire::bytes)?;
-        let topic = topic.map(std::str::from_utf8).transpose().ok()?;
-        let key = wire.option(Wire::bytes)?;
-        let value = wire.option(Wire::bytes)?;
-        let n = wire.u32()? as usize;
-        // Each header takes at least 8 bytes: a bound on the allocation.
-        let mut headers = Vec::with_capacity(if kept { n.min(wire.0.len() / 8) } else { 0 });
-        for _ in 0..n {
-            let name = std::str::from_utf8(wire.bytes()?).ok()?;
-            let value = wire.bytes()?;
-            if kept {
-                headers.push((name.to_owned(), value.to_vec()));
-            }
-        }
-        if kept {
+    while !reader.is_empty() {
+        let output = reader.output()?;
+        if count < keep {
             outputs.push(Output {
-                topic: topic.map(str::to_owned),
-                key: key.map(<[u8]>::to_vec),
-                value: value.map(<[u8]>::to_vec),
-                headers,
+                topic: output.topic.map(str::to_owned),
+                key: output.key.map(<[u8]>::to_vec),
+                value: output.value.map(<[u8]>::to_vec),
+                headers: output
+                    .headers
+                    .into_iter()
+                    .map(|(name, value)| (name.to_owned(), value.to_vec()))
+                    .collect(),
             });
         }
         count += 1;
@@ -657,70 +650,25 @@ fn decode_outputs(bytes: &[u8], keep: usize) -> Option<(Vec<Output>, usize)> {
     Some((outputs, count))
 }
 
-/// Reads the fields of the `handle-batch` layout.
-struct Wire<'a>(&'a [u8]);
-
-impl<'a> Wire<'a> {
-    fn u32(&mut self) -> Option<u32> {
-        let (head, rest) = self.0.split_first_chunk::<4>()?;
-        self.0 = rest;
-        Some(u32::from_le_bytes(*head))
-    }
-
-    fn bytes(&mut self) -> Option<&'a [u8]> {
-        let len = self.u32()? as usize;
-        let (bytes, rest) = self.0.split_at_checked(len)?;
-        self.0 = rest;
-        Some(bytes)
-    }
-
-    fn option<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
-        let (&tag, rest) = self.0.split_first()?;
-        self.0 = rest;
-        match tag {
-            0 => Some(None),
-            1 => read(self).map(Some),
-            _ => None,
-        }
-    }
-}
-
 /// Appends `record` to `out` in the `handle-batch` layout
 /// (`wit/processor.wit`, world `batch-processor`).
 fn encode(record: &Record, out: &mut Vec<u8>) {
-    fn bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-        // Records and headers come from Kafka, whose sizes are i32.
-        let len = u32::try_from(bytes.len()).expect("a Kafka field fits in u32");
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(bytes);
-    }
-    fn option(out: &mut Vec<u8>, value: Option<&[u8]>) {
-        match value {
-            None => out.push(0),
-            Some(value) => {
-                out.push(1);
-                bytes(out, value);
-            }
-        }
-    }
-    bytes(out, record.topic.as_bytes());
-    out.extend_from_slice(&record.partition.to_le_bytes());
-    out.extend_from_slice(&record.offset.to_le_bytes());
-    match record.timestamp {
-        None => out.push(0),
-        Some(timestamp) => {
-            out.push(1);
-            out.extend_from_slice(&timestamp.to_le_bytes());
-        }
-    }
-    option(out, record.key.as_deref());
-    option(out, record.value.as_deref());
-    let count = u32::try_from(record.headers.len()).expect("a Kafka header count fits in u32");
-    out.extend_from_slice(&count.to_le_bytes());
-    for (name, value) in &record.headers {
-        bytes(out, name.as_bytes());
-        bytes(out, value);
-    }
+    let origin = sandpiper_wire::Origin {
+        topic: &record.topic,
+        partition: record.partition,
+        offset: record.offset,
+        timestamp: record.timestamp,
+    };
+    sandpiper_wire::write_record(
+        out,
+        origin,
+        record.key.as_deref(),
+        record.value.as_deref(),
+        record
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_slice())),
+    );
 }
 
 /// A record's outcome from the plugin's answer.

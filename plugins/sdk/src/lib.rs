@@ -63,11 +63,11 @@ pub mod __private {
     /// stop.
     pub fn dispatch_batch<H: crate::Handler>(records: Vec<u8>) {
         install_panic_hook();
-        let mut wire = Wire(&records);
+        let mut reader = sandpiper_wire::Reader::new(&records);
         // One record's outputs at a time; the allocation serves the call.
         let mut out = crate::Outputs::default();
-        while !wire.0.is_empty() {
-            let Some(msg) = wire.message() else {
+        while !reader.is_empty() {
+            let Some(msg) = reader.record().map(crate::MessageRef::from) else {
                 // The host encodes what the contract says; a malformed
                 // batch is a host bug, so it traps rather than guess.
                 panic!("sandpiper-sdk: malformed handle-batch records");
@@ -91,105 +91,6 @@ pub mod __private {
         match H::handle(crate::Message::from_wit(msg)) {
             Ok(outputs) => Ok(outputs.into_iter().map(crate::Output::into_wit).collect()),
             Err(failure) => Err(failure.into_wit()),
-        }
-    }
-
-    /// Reads the `handle-batch` and `finished-encoded` layouts
-    /// (`wit/processor.wit`), borrowing what it reads.
-    pub(crate) struct Wire<'a>(pub(crate) &'a [u8]);
-
-    impl<'a> Wire<'a> {
-        fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
-            let (head, rest) = self.0.split_first_chunk::<N>()?;
-            self.0 = rest;
-            Some(*head)
-        }
-
-        fn bytes(&mut self) -> Option<&'a [u8]> {
-            let len = u32::from_le_bytes(self.take()?) as usize;
-            let (bytes, rest) = self.0.split_at_checked(len)?;
-            self.0 = rest;
-            Some(bytes)
-        }
-
-        fn string(&mut self) -> Option<&'a str> {
-            std::str::from_utf8(self.bytes()?).ok()
-        }
-
-        fn option<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
-            match self.take::<1>()? {
-                [0] => Some(None),
-                [1] => read(self).map(Some),
-                _ => None,
-            }
-        }
-
-        fn headers(&mut self) -> Option<Vec<(&'a str, &'a [u8])>> {
-            let count = u32::from_le_bytes(self.take()?) as usize;
-            // Each header takes at least 8 bytes: a bound on the allocation.
-            let mut headers = Vec::with_capacity(count.min(self.0.len() / 8));
-            for _ in 0..count {
-                headers.push((self.string()?, self.bytes()?));
-            }
-            Some(headers)
-        }
-
-        fn message(&mut self) -> Option<crate::MessageRef<'a>> {
-            Some(crate::MessageRef {
-                topic: self.string()?,
-                partition: i32::from_le_bytes(self.take()?),
-                offset: i64::from_le_bytes(self.take()?),
-                timestamp: self.option(|w| w.take().map(i64::from_le_bytes))?,
-                key: self.option(Self::bytes)?,
-                value: self.option(Self::bytes)?,
-                headers: self.headers()?,
-            })
-        }
-
-        /// The next output, owned.
-        pub(crate) fn output(&mut self) -> Option<crate::Output> {
-            Some(crate::Output {
-                topic: self.option(Self::string)?.map(str::to_owned),
-                key: self.option(Self::bytes)?.map(<[u8]>::to_vec),
-                value: self.option(Self::bytes)?.map(<[u8]>::to_vec),
-                headers: self
-                    .headers()?
-                    .into_iter()
-                    .map(|(name, value)| (name.to_owned(), value.to_vec()))
-                    .collect(),
-            })
-        }
-    }
-
-    /// Appends an output to `out` in the `finished-encoded` layout.
-    pub(crate) fn encode_output<'h>(
-        out: &mut Vec<u8>,
-        topic: Option<&str>,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        headers: impl ExactSizeIterator<Item = (&'h str, &'h [u8])>,
-    ) {
-        fn bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-            // A guest's memory is 32-bit: every length fits.
-            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-            out.extend_from_slice(bytes);
-        }
-        fn option(out: &mut Vec<u8>, value: Option<&[u8]>) {
-            match value {
-                None => out.push(0),
-                Some(value) => {
-                    out.push(1);
-                    bytes(out, value);
-                }
-            }
-        }
-        option(out, topic.map(str::as_bytes));
-        option(out, key);
-        option(out, value);
-        out.extend_from_slice(&(headers.len() as u32).to_le_bytes());
-        for (name, value) in headers {
-            bytes(out, name.as_bytes());
-            bytes(out, value);
         }
     }
 
@@ -311,6 +212,20 @@ pub struct MessageRef<'a> {
     pub headers: Vec<(&'a str, &'a [u8])>,
 }
 
+impl<'a> From<sandpiper_wire::RecordRef<'a>> for MessageRef<'a> {
+    fn from(record: sandpiper_wire::RecordRef<'a>) -> Self {
+        Self {
+            topic: record.topic,
+            partition: record.partition,
+            offset: record.offset,
+            timestamp: record.timestamp,
+            key: record.key,
+            value: record.value,
+            headers: record.headers,
+        }
+    }
+}
+
 impl<'a> MessageRef<'a> {
     /// Lends `msg`.
     pub fn new(msg: &'a Message) -> Self {
@@ -401,7 +316,7 @@ pub struct Outputs {
 impl Outputs {
     /// Adds an output.
     pub fn push(&mut self, output: &Output) {
-        __private::encode_output(
+        sandpiper_wire::write_output(
             &mut self.encoded,
             output.topic.as_deref(),
             output.key.as_deref(),
@@ -415,7 +330,7 @@ impl Outputs {
 
     /// Adds an output made of borrowed parts (of the message, say).
     pub fn push_ref(&mut self, output: OutputRef<'_>) {
-        __private::encode_output(
+        sandpiper_wire::write_output(
             &mut self.encoded,
             output.topic,
             output.key,
@@ -426,10 +341,20 @@ impl Outputs {
 
     /// The outputs added so far, owned.
     pub fn to_vec(&self) -> Vec<Output> {
-        let mut wire = __private::Wire(&self.encoded);
+        let mut reader = sandpiper_wire::Reader::new(&self.encoded);
         let mut outputs = Vec::new();
-        while !wire.0.is_empty() {
-            outputs.push(wire.output().expect("outputs are encoded by `push`"));
+        while !reader.is_empty() {
+            let output = reader.output().expect("outputs are encoded by `push`");
+            outputs.push(Output {
+                topic: output.topic.map(str::to_owned),
+                key: output.key.map(<[u8]>::to_vec),
+                value: output.value.map(<[u8]>::to_vec),
+                headers: output
+                    .headers
+                    .into_iter()
+                    .map(|(name, value)| (name.to_owned(), value.to_vec()))
+                    .collect(),
+            });
         }
         outputs
     }
