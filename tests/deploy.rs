@@ -59,15 +59,29 @@ async fn wait_current(addr: SocketAddr, prefix: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_swap_under_load_loses_nothing_and_never_goes_back() {
-    let env = Env::new(1, 2);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let app = App::start(config(&env, dir.path(), "chaos", ""))
+/// A host running `config(env, dir, plugin_name, extra)`: the host, its
+/// admin address and the version it started with.
+async fn start(env: &Env, dir: &Path, plugin_name: &str, extra: &str) -> (App, SocketAddr, String) {
+    let app = App::start(config(env, dir, plugin_name, extra))
         .await
         .expect("starts");
     let addr = app.admin.expect("admin");
     let v1 = current(addr).await;
+    (app, addr, v1)
+}
+
+/// Deploys the plugin `name` to pipeline `test` through the API, with the
+/// token: the answer's status and body.
+async fn deploy(addr: SocketAddr, name: &str) -> (u16, serde_json::Value) {
+    let path = format!("/pipelines/test/plugin?name={name}");
+    request(addr, "PUT", &path, Some(TOKEN), &bytes(name)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_swap_under_load_loses_nothing_and_never_goes_back() {
+    let env = Env::new(1, 2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (app, addr, v1) = start(&env, dir.path(), "chaos", "").await;
 
     // A steady stream of records while the swap happens.
     let inputs = env.inputs((0..3000).map(|i| format!("record {i}").into_bytes()));
@@ -93,14 +107,7 @@ async fn a_swap_under_load_loses_nothing_and_never_goes_back() {
         assert!(started.elapsed() < WAIT, "nothing consumed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (status, body) = request(
-        addr,
-        "PUT",
-        "/pipelines/test/plugin?name=uppercase",
-        Some(TOKEN),
-        &bytes("uppercase"),
-    )
-    .await;
+    let (status, body) = deploy(addr, "uppercase").await;
     assert_eq!(status, 200, "{body}");
     let v2 = body["plugin"].as_str().expect("plugin").to_owned();
     assert_eq!(body["previous"], v1.as_str());
@@ -159,11 +166,7 @@ async fn a_swap_under_load_loses_nothing_and_never_goes_back() {
 async fn bad_uploads_and_bad_tokens_are_refused_and_the_old_version_keeps_running() {
     let env = Env::new(1, 1);
     let dir = tempfile::tempdir().expect("tempdir");
-    let app = App::start(config(&env, dir.path(), "chaos", ""))
-        .await
-        .expect("starts");
-    let addr = app.admin.expect("admin");
-    let v1 = current(addr).await;
+    let (app, addr, v1) = start(&env, dir.path(), "chaos", "").await;
 
     let (status, body) = request(
         addr,
@@ -267,14 +270,7 @@ async fn a_failing_canary_refuses_the_swap() {
     let v1 = current(addr).await;
 
     // uppercase does not trap on `panic`: refused.
-    let (status, body) = request(
-        addr,
-        "PUT",
-        "/pipelines/test/plugin?name=passthrough",
-        Some(TOKEN),
-        &bytes("passthrough"),
-    )
-    .await;
+    let (status, body) = deploy(addr, "passthrough").await;
     assert_eq!(status, 422, "{body}");
     let message = body["error"].as_str().unwrap_or("");
     assert!(
@@ -283,14 +279,7 @@ async fn a_failing_canary_refuses_the_swap() {
     );
     assert_eq!(current(addr).await, v1);
     // chaos traps on `panic` and echoes `hello`: accepted.
-    let (status, body) = request(
-        addr,
-        "PUT",
-        "/pipelines/test/plugin?name=chaos",
-        Some(TOKEN),
-        &bytes("chaos"),
-    )
-    .await;
+    let (status, body) = deploy(addr, "chaos").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["canary_records"], 2);
     app.stop().await;
@@ -300,19 +289,8 @@ async fn a_failing_canary_refuses_the_swap() {
 async fn rollback_returns_to_the_previous_version() {
     let env = Env::new(1, 1);
     let dir = tempfile::tempdir().expect("tempdir");
-    let app = App::start(config(&env, dir.path(), "chaos", ""))
-        .await
-        .expect("starts");
-    let addr = app.admin.expect("admin");
-    let v1 = current(addr).await;
-    let (status, _) = request(
-        addr,
-        "PUT",
-        "/pipelines/test/plugin?name=uppercase",
-        Some(TOKEN),
-        &bytes("uppercase"),
-    )
-    .await;
+    let (app, addr, v1) = start(&env, dir.path(), "chaos", "").await;
+    let (status, _) = deploy(addr, "uppercase").await;
     assert_eq!(status, 200);
     let (status, body) = request(addr, "POST", "/pipelines/test/rollback", Some(TOKEN), b"").await;
     assert_eq!(status, 200, "{body}");
@@ -392,11 +370,7 @@ async fn a_changed_plugin_file_is_deployed_and_a_half_written_one_is_not() {
 async fn the_cli_deploys_and_rolls_back() {
     let env = Env::new(1, 1);
     let dir = tempfile::tempdir().expect("tempdir");
-    let app = App::start(config(&env, dir.path(), "chaos", ""))
-        .await
-        .expect("starts");
-    let addr = app.admin.expect("admin");
-    let v1 = current(addr).await;
+    let (app, addr, v1) = start(&env, dir.path(), "chaos", "").await;
     let admin = format!("http://{addr}");
     let run = |args: Vec<String>, token: &str| {
         let token = token.to_owned();
@@ -454,20 +428,9 @@ async fn a_version_that_fails_too_often_is_rolled_back_automatically() {
     let env = Env::new(1, 1);
     let dir = tempfile::tempdir().expect("tempdir");
     let extra = "[pipeline.auto_rollback]\nrecords = 20\nmax_failure_rate = 0.5";
-    let app = App::start(config(&env, dir.path(), "uppercase", extra))
-        .await
-        .expect("starts");
-    let addr = app.admin.expect("admin");
-    let v1 = current(addr).await;
+    let (app, addr, v1) = start(&env, dir.path(), "uppercase", extra).await;
     // chaos traps on every `unwrap-none`; uppercase handles them fine.
-    let (status, _) = request(
-        addr,
-        "PUT",
-        "/pipelines/test/plugin?name=chaos",
-        Some(TOKEN),
-        &bytes("chaos"),
-    )
-    .await;
+    let (status, _) = deploy(addr, "chaos").await;
     assert_eq!(status, 200);
     // 200 traps, then (once rolled back) 20 records for the old version:
     // the rollback may land after every trap is handled when the machine
@@ -508,14 +471,7 @@ async fn two_hosts_in_one_group_both_switch_through_the_control_topic() {
     let b = App::start(config_b).await.expect("b starts");
     let (addr_a, addr_b) = (a.admin.expect("admin a"), b.admin.expect("admin b"));
 
-    let (status, body) = request(
-        addr_a,
-        "PUT",
-        "/pipelines/test/plugin?name=uppercase",
-        Some(TOKEN),
-        &bytes("uppercase"),
-    )
-    .await;
+    let (status, body) = deploy(addr_a, "uppercase").await;
     assert_eq!(status, 200, "{body}");
     let v2 = body["plugin"].as_str().expect("plugin").to_owned();
     wait_current(addr_b, "uppercase@").await;
