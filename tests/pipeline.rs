@@ -416,10 +416,7 @@ async fn partitions_on_live_brokers_keep_flowing_while_one_broker_is_down() {
         );
     }
     // Records for partitions 0 and 1 (their leaders are alive).
-    let mut second = env.inputs((300..600).map(|i| format!("b{i}").into_bytes()));
-    for (i, r) in second.iter_mut().enumerate() {
-        r.key = Some(format!("r{}", 300 + i).into_bytes());
-    }
+    let second = env.inputs_from(300, (300..600).map(|i| format!("b{i}").into_bytes()));
     let second = produce_to_partitions(&env, second, &[0, 1]).await;
     // They flow while broker 3 is down.
     let outputs = env.read(&env.output, first.len() + second.len()).await;
@@ -429,19 +426,10 @@ async fn partitions_on_live_brokers_keep_flowing_while_one_broker_is_down() {
         "healthy partitions stalled: {} missing",
         t.missing.len()
     );
-    assert_eq!(kafka_clients(), clients, "no client recreated");
-    assert!(
-        thread_count() <= threads + 2,
-        "threads flat: {} then {}",
-        threads,
-        thread_count()
-    );
+    assert_flat(threads, clients);
 
     env.cluster.broker_up(3).expect("up");
-    let mut third = env.inputs((600..700).map(|i| format!("c{i}").into_bytes()));
-    for (i, r) in third.iter_mut().enumerate() {
-        r.key = Some(format!("r{}", 600 + i).into_bytes());
-    }
+    let third = env.inputs_from(600, (600..700).map(|i| format!("c{i}").into_bytes()));
     let third = produce_to_partitions(&env, third, &[2]).await;
     let total = first.len() + second.len() + third.len();
     wait_committed(&app, total, WAIT).await;
@@ -500,10 +488,7 @@ async fn the_group_coordinator_going_down_loses_nothing() {
     let (threads, clients) = (thread_count(), kafka_clients());
 
     env.cluster.broker_down(3).expect("down");
-    let mut second = env.inputs((200..400).map(|i| format!("b{i}").into_bytes()));
-    for (i, r) in second.iter_mut().enumerate() {
-        r.key = Some(format!("r{}", 200 + i).into_bytes());
-    }
+    let second = env.inputs_from(200, (200..400).map(|i| format!("b{i}").into_bytes()));
     env.produce(&second).await;
     let outputs = env.read(&env.output, 400).await;
     let during = tally(&second, &outputs, &[]);
@@ -513,13 +498,7 @@ async fn the_group_coordinator_going_down_loses_nothing() {
         "records stopped flowing without the coordinator: {} missing",
         during.missing.len()
     );
-    assert_eq!(kafka_clients(), clients, "no client recreated");
-    assert!(
-        thread_count() <= threads + 2,
-        "threads flat: {} then {}",
-        threads,
-        thread_count()
-    );
+    assert_flat(threads, clients);
 
     let all: Vec<_> = first.iter().chain(&second).cloned().collect();
     wait_committed(&app, all.len(), WAIT).await;
@@ -537,10 +516,7 @@ async fn a_rebalance_between_two_hosts_mid_stream_loses_nothing() {
     let a = App::start(env.config("chaos", "")).await.expect("a starts");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let b = App::start(env.config("chaos", "")).await.expect("b starts");
-    let mut second = env.inputs((400..800).map(|i| format!("b{i}").into_bytes()));
-    for (i, r) in second.iter_mut().enumerate() {
-        r.key = Some(format!("r{}", 400 + i).into_bytes());
-    }
+    let second = env.inputs_from(400, (400..800).map(|i| format!("b{i}").into_bytes()));
     env.produce(&second).await;
     let all: Vec<_> = first.iter().chain(&second).cloned().collect();
     // Both hosts share the work; wait until everything is committed.
@@ -624,6 +600,18 @@ async fn shutdown_with_records_in_flight_commits_exactly_what_finished() {
             "partition {p}: outputs are exactly the committed prefix"
         );
     }
+}
+
+/// Through a broker outage: no Kafka client made again, and at most two
+/// threads more than `threads`.
+fn assert_flat(threads: usize, clients: usize) {
+    assert_eq!(kafka_clients(), clients, "no client recreated");
+    assert!(
+        thread_count() <= threads + 2,
+        "threads flat: {} then {}",
+        threads,
+        thread_count()
+    );
 }
 
 /// Produces `records` to the given partitions (round-robin) and returns

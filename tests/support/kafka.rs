@@ -68,10 +68,20 @@ impl Env {
 
     /// Inputs with keys `r{i}` and the given values.
     pub fn inputs(&self, values: impl IntoIterator<Item = Vec<u8>>) -> Vec<Outgoing> {
+        self.inputs_from(0, values)
+    }
+
+    /// As [`Env::inputs`], numbered from `first` (keys `r{first}`,
+    /// `r{first + 1}`...): a later batch of records in the same test.
+    pub fn inputs_from(
+        &self,
+        first: usize,
+        values: impl IntoIterator<Item = Vec<u8>>,
+    ) -> Vec<Outgoing> {
         values
             .into_iter()
-            .enumerate()
-            .map(|(i, v)| Outgoing {
+            .zip(first..)
+            .map(|(v, i)| Outgoing {
                 topic: self.input.clone(),
                 key: Some(format!("r{i}").into_bytes()),
                 value: Some(v),
