@@ -44,8 +44,13 @@ fn main() -> ExitCode {
 }
 
 fn root() -> PathBuf {
-    // xtask/ is one level below the workspace root.
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // xtask/ is one level below the workspace root. `cargo run` says where
+    // this checkout's is: the path compiled in is the checkout that built
+    // the binary, another clone's when clones share a CARGO_TARGET_DIR and
+    // cargo finds that build fresh.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
