@@ -638,7 +638,7 @@ fn decode_outputs(bytes: &[u8], keep: usize) -> Option<(Vec<Output>, usize)> {
             // mostly no headers at all.
             let mut headers = Vec::with_capacity(output.headers.len());
             headers.extend(
-                (output.headers.iter()).map(|&(name, value)| (name.to_owned(), value.to_vec())),
+                (output.headers.iter()).map(|(name, value)| (name.to_owned(), value.to_vec())),
             );
             outputs.push(Output {
                 topic: output.topic.map(str::to_owned),

@@ -221,7 +221,7 @@ impl<'a> From<sandpiper_wire::RecordRef<'a>> for MessageRef<'a> {
             timestamp: record.timestamp,
             key: record.key,
             value: record.value,
-            headers: record.headers,
+            headers: record.headers.iter().collect(),
         }
     }
 }
@@ -351,7 +351,7 @@ impl Outputs {
                 value: output.value.map(<[u8]>::to_vec),
                 headers: output
                     .headers
-                    .into_iter()
+                    .iter()
                     .map(|(name, value)| (name.to_owned(), value.to_vec()))
                     .collect(),
             });

@@ -38,7 +38,7 @@ pub struct RecordRef<'a> {
     /// Value; `None` is a null value.
     pub value: Option<&'a [u8]>,
     /// Headers, in order.
-    pub headers: Vec<(&'a str, &'a [u8])>,
+    pub headers: Headers<'a>,
 }
 
 /// An output of `finished-encoded`, borrowed.
@@ -51,8 +51,71 @@ pub struct OutputRef<'a> {
     /// Value; `None` is a null value.
     pub value: Option<&'a [u8]>,
     /// Headers, in order.
-    pub headers: Vec<(&'a str, &'a [u8])>,
+    pub headers: Headers<'a>,
 }
+
+/// Headers, in order: checked when read, then iterated over as
+/// `(name, value)` pairs without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Headers<'a> {
+    /// The headers' part of the layout, after the count.
+    bytes: &'a [u8],
+    count: usize,
+}
+
+impl<'a> Headers<'a> {
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The `(name, value)` pairs, in order.
+    #[inline]
+    pub fn iter(&self) -> HeaderIter<'a> {
+        HeaderIter {
+            reader: Reader(self.bytes),
+            left: self.count,
+        }
+    }
+}
+
+impl<'a> IntoIterator for Headers<'a> {
+    type Item = (&'a str, &'a [u8]);
+    type IntoIter = HeaderIter<'a>;
+
+    fn into_iter(self) -> HeaderIter<'a> {
+        self.iter()
+    }
+}
+
+/// The pairs of [`Headers`].
+#[derive(Debug, Clone)]
+pub struct HeaderIter<'a> {
+    reader: Reader<'a>,
+    left: usize,
+}
+
+impl<'a> Iterator for HeaderIter<'a> {
+    type Item = (&'a str, &'a [u8]);
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        self.left = self.left.checked_sub(1)?;
+        // Checked by `Reader::headers`: these cannot fail.
+        Some((self.reader.string()?, self.reader.bytes()?))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for HeaderIter<'_> {}
 
 /// Where a record came from: the fields of a message before its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,16 +199,20 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Checks the headers (every name UTF-8, nothing short) without
+    /// allocating, whatever count the bytes claim.
     #[inline]
-    fn headers(&mut self) -> Option<Vec<(&'a str, &'a [u8])>> {
+    fn headers(&mut self) -> Option<Headers<'a>> {
         let count = u32::from_le_bytes(self.take()?) as usize;
-        // Each header takes at least 8 bytes: a bound on the allocation,
-        // whatever count the bytes claim.
-        let mut headers = Vec::with_capacity(count.min(self.0.len() / 8));
+        let start = self.0;
         for _ in 0..count {
-            headers.push((self.string()?, self.bytes()?));
+            self.string()?;
+            self.bytes()?;
         }
-        Some(headers)
+        Some(Headers {
+            bytes: &start[..start.len() - self.0.len()],
+            count,
+        })
     }
 }
 
@@ -264,9 +331,10 @@ mod tests {
                 timestamp: Some(-5),
                 key: Some(b"k"),
                 value: None,
-                headers: HEADERS.to_vec(),
+                headers: first.headers,
             }
         );
+        assert_eq!(first.headers.iter().collect::<Vec<_>>(), HEADERS);
         let second = reader.record().expect("in the layout");
         assert_eq!((second.timestamp, second.key), (None, None));
         assert_eq!((second.value, second.headers.len()), (Some(&b"\0v"[..]), 0));
@@ -288,7 +356,7 @@ mod tests {
         let first = reader.output().expect("in the layout");
         assert_eq!(first.topic, Some("out"));
         assert_eq!((first.key, first.value), (None, Some(&b"v"[..])));
-        assert_eq!(first.headers, HEADERS.to_vec());
+        assert_eq!(first.headers.iter().collect::<Vec<_>>(), HEADERS);
         let second = reader.output().expect("in the layout");
         assert_eq!((second.topic, second.key), (None, Some(&b""[..])));
         assert!(reader.is_empty());
@@ -309,7 +377,7 @@ mod tests {
         let mut bad_tag = bytes.clone();
         bad_tag[4 + 6 + 4 + 8] = 2; // the timestamp's tag
         assert_eq!(Reader::new(&bad_tag).record(), None);
-        // A header count far beyond the bytes allocates nothing large.
+        // A header count far beyond the bytes allocates nothing.
         let mut huge = Vec::new();
         write_output(&mut huge, None, None, None, [].into_iter());
         let count = huge.len() - 4;
