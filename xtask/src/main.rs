@@ -19,7 +19,8 @@ tasks:
   bench           the pipeline benchmark against a native loop (release build;
                   updates BENCHMARKS.md and docs/); --quick: CI's small run;
                   runtime | per-record | swap: the runtime's own benchmarks;
-                  probe [SECONDS]: how far apart the two cores are, over time
+                  probe [SECONDS]: how far apart the two cores are, over time;
+                  --help: the options for one corner (profiling, A/B)
 ";
 
 fn main() -> ExitCode {
@@ -214,6 +215,15 @@ fn install_tansu() -> anyhow::Result<PathBuf> {
 /// `target/`. `runtime`, `per-record`, `swap`: the runtime's own figures;
 /// `probe`: the cores' distance over time (BENCHMARKS.md, "Slow runs").
 fn bench(extra: &[String]) -> anyhow::Result<()> {
+    if extra.iter().any(|a| a == "--help" || a == "-h") {
+        // The benchmark's own usage, from the test profile's build (the
+        // tests build it), without building plugins or a release.
+        let mut cmd = cargo();
+        cmd.current_dir(root())
+            .args(["run", "--quiet", "-p", "sandpiper", "--example", "bench"])
+            .args(["--", "pipeline", "--help"]);
+        return run(cmd);
+    }
     build_plugins()?;
     let tansu = install_tansu()?;
     install_debian_package(

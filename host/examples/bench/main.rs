@@ -79,15 +79,104 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+const PIPELINE_USAGE: &str = "\
+usage: bench pipeline [--quick] [--docs] [--out DIR] [options for one corner]
+
+  --quick                CI's small variant
+  --docs                 write the plots into docs/ and the table into BENCHMARKS.md
+  --out DIR              where results.json, the table and the plots go
+                         (default: target/bench, or target/bench-quick)
+for profiling or an A/B of one corner:
+  --config SIZExWORKERS  one configuration, e.g. 1024x2
+  --modes M,M,...        scenarios by short name: native, reuse, per-record,
+                         1% traps, native JSON, wasm JSON
+  --records N            records per throughput run
+  --rate R               records/s of the fixed-rate (latency) runs
+  --rounds N             runs of each scenario
+  --throughput-only      the drain alone: no live search, no latency runs
+  --pipeline-toml TEXT   appended to Sandpiper's [[pipeline]] table
+";
+
+/// The flags of `pipeline` that take a value, and those that do not.
+const VALUE_FLAGS: [&str; 7] = [
+    "--out",
+    "--config",
+    "--modes",
+    "--records",
+    "--rate",
+    "--rounds",
+    "--pipeline-toml",
+];
+const SWITCHES: [&str; 3] = ["--quick", "--docs", "--throughput-only"];
+
+/// `pipeline`'s arguments, checked: an unknown flag or a value that does
+/// not parse is an error naming it (a typo must not start an hour-long
+/// run with the defaults), `--help` prints the usage.
+struct PipelineArgs<'a> {
+    switches: Vec<&'a str>,
+    values: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> PipelineArgs<'a> {
+    /// `None` when the usage was asked for.
+    fn parse(args: &'a [String]) -> anyhow::Result<Option<Self>> {
+        let mut parsed = Self {
+            switches: Vec::new(),
+            values: Vec::new(),
+        };
+        let mut args = args.iter().map(String::as_str);
+        while let Some(arg) = args.next() {
+            match arg {
+                "--help" | "-h" => return Ok(None),
+                _ if SWITCHES.contains(&arg) => parsed.switches.push(arg),
+                _ if VALUE_FLAGS.contains(&arg) => {
+                    let value = args
+                        .next()
+                        .with_context(|| format!("{arg} needs a value\n\n{PIPELINE_USAGE}"))?;
+                    parsed.values.push((arg, value));
+                }
+                _ => {
+                    bail!("unknown argument {arg:?} for the pipeline benchmark\n\n{PIPELINE_USAGE}")
+                }
+            }
+        }
+        Ok(Some(parsed))
+    }
+
+    fn has(&self, switch: &str) -> bool {
+        self.switches.contains(&switch)
+    }
+
+    fn value(&self, flag: &str) -> Option<&'a str> {
+        self.values
+            .iter()
+            .rev()
+            .find_map(|(f, v)| (*f == flag).then_some(*v))
+    }
+
+    /// `flag`'s value parsed as a `T`, the error naming the flag.
+    fn parsed<T>(&self, flag: &str) -> anyhow::Result<Option<T>>
+    where
+        T: std::str::FromStr,
+        T::Err: std::error::Error + Send + Sync + 'static,
+    {
+        self.value(flag)
+            .map(|v| {
+                v.parse()
+                    .with_context(|| format!("{flag} {v:?}: not a number"))
+            })
+            .transpose()
+    }
+}
+
 fn pipeline(args: &[String]) -> anyhow::Result<()> {
-    let quick = args.iter().any(|a| a == "--quick");
-    let docs = args.iter().any(|a| a == "--docs");
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
+    let Some(args) = PipelineArgs::parse(args)? else {
+        print!("{PIPELINE_USAGE}");
+        return Ok(());
     };
-    let out = value("--out").map_or_else(
+    let quick = args.has("--quick");
+    let docs = args.has("--docs");
+    let out = args.value("--out").map_or_else(
         || {
             repo()
                 .join("target")
@@ -100,41 +189,43 @@ fn pipeline(args: &[String]) -> anyhow::Result<()> {
     } else {
         matrix::Plan::full(out.clone())
     };
-    // For profiling one corner: `--config 1024x2`, `--modes native,reuse`,
-    // `--records N`, `--rate R`, `--rounds N` (runs of each mode),
-    // `--throughput-only`, `--pipeline-toml 'partition_buffer = 1024'`.
-    if let Some(c) = value("--config") {
-        let (size, workers) = c.split_once('x').context("--config SIZExWORKERS")?;
-        plan.configs = vec![(size.parse()?, workers.parse()?)];
+    if let Some(c) = args.value("--config") {
+        let parse = || -> Option<(usize, usize)> {
+            let (size, workers) = c.split_once('x')?;
+            Some((size.parse().ok()?, workers.parse().ok()?))
+        };
+        let config = parse()
+            .with_context(|| format!("--config {c:?}: expected SIZExWORKERS, e.g. 1024x2"))?;
+        plan.configs = vec![config];
     }
-    if let Some(m) = value("--modes") {
+    if let Some(m) = args.value("--modes") {
         plan.modes = m
             .split(',')
             .map(|m| {
                 scenario::Mode::ALL
                     .into_iter()
                     .find(|x| x.short() == m)
-                    .with_context(|| format!("unknown mode {m:?}"))
+                    .with_context(|| format!("--modes: unknown mode {m:?}\n\n{PIPELINE_USAGE}"))
             })
             .collect::<anyhow::Result<_>>()?;
     }
-    if let Some(n) = value("--records") {
-        plan.records_override = Some(n.parse()?);
+    if let Some(n) = args.parsed("--records")? {
+        plan.records_override = Some(n);
     }
-    if let Some(r) = value("--rate") {
-        plan.rate_override = Some(r.parse()?);
+    if let Some(r) = args.parsed("--rate")? {
+        plan.rate_override = Some(r);
     }
-    if let Some(n) = value("--rounds") {
-        plan.latency_rounds = n.parse()?;
-        plan.throughput_rounds = plan.latency_rounds;
+    if let Some(n) = args.parsed("--rounds")? {
+        plan.latency_rounds = n;
+        plan.throughput_rounds = n;
     }
     // A/B of a change: the drain alone, no live search or latency runs.
-    if args.iter().any(|a| a == "--throughput-only") {
+    if args.has("--throughput-only") {
         plan.latency_rounds = 0;
         plan.live_offers = 0;
     }
-    if let Some(t) = value("--pipeline-toml") {
-        plan.pipeline_toml = t.clone();
+    if let Some(t) = args.value("--pipeline-toml") {
+        plan.pipeline_toml = t.to_owned();
     }
     let rows = matrix::run(&plan)?;
     let table = report::table(&rows);
