@@ -94,7 +94,9 @@ for profiling or an A/B of one corner:
   --rate R               records/s of the fixed-rate (latency) runs
   --rounds N             runs of each scenario
   --throughput-only      the drain alone: no live search, no latency runs
-  --pipeline-toml TEXT   appended to Sandpiper's [[pipeline]] table
+  --pipeline-toml TEXT   appended to Sandpiper's config after its [[pipeline]]
+                         table: keys of it (max_unacked = 16384), then
+                         tables ([kafka.producer_properties] ...)
 ";
 
 /// The flags of `pipeline` that take a value, and those that do not.
