@@ -117,11 +117,11 @@ async fn a_swap_under_load_loses_nothing_and_never_goes_back() {
     let (_, listing) = get(addr, "/pipelines").await;
     app.stop().await;
 
-    let outputs = env.read(&env.output, inputs.len()).await;
+    let outputs = env.read(&env.output).await;
     let t = tally(&inputs, &outputs, &[]);
     assert!(t.missing.is_empty(), "{t:?}");
     // Per partition, in offset order of the inputs: v1... then v2..., never back.
-    let input_records = env.read(&env.input, inputs.len()).await;
+    let input_records = env.read(&env.input).await;
     let position: HashMap<_, _> = input_records
         .iter()
         .map(|r| (r.key.clone(), (r.partition, r.offset)))
@@ -245,7 +245,7 @@ async fn bad_uploads_and_bad_tokens_are_refused_and_the_old_version_keeps_runnin
     env.produce(&inputs).await;
     wait_committed(&app, inputs.len(), WAIT).await;
     app.stop().await;
-    let outputs = env.read(&env.output, inputs.len()).await;
+    let outputs = env.read(&env.output).await;
     assert!(tally(&inputs, &outputs, &[]).missing.is_empty());
     assert!(outputs.iter().all(|o| header_str(o, dl::H_PLUGIN) == v1));
 }
@@ -300,7 +300,7 @@ async fn rollback_returns_to_the_previous_version() {
     env.produce(&inputs).await;
     wait_committed(&app, inputs.len(), WAIT).await;
     app.stop().await;
-    let outputs = env.read(&env.output, inputs.len()).await;
+    let outputs = env.read(&env.output).await;
     assert!(tally(&inputs, &outputs, &[]).missing.is_empty());
     assert!(
         outputs.iter().all(|o| header_str(o, dl::H_PLUGIN) == v1),
@@ -447,8 +447,8 @@ async fn a_version_that_fails_too_often_is_rolled_back_automatically() {
     env.produce(&inputs[200..]).await;
     wait_committed(&app, inputs.len(), WAIT).await;
     app.stop().await;
-    let outputs = env.read(&env.output, inputs.len()).await;
-    let dead = env.read(&env.dlq, inputs.len()).await;
+    let outputs = env.read(&env.output).await;
+    let dead = env.read(&env.dlq).await;
     let t = tally(&inputs, &outputs, &dead);
     assert!(t.missing.is_empty(), "{t:?}");
     assert!(t.dead_letters >= 20 && t.outputs > 0, "{t:?}");
@@ -494,7 +494,7 @@ async fn two_hosts_in_one_group_both_switch_through_the_control_topic() {
     }
     a.stop().await;
     b.stop().await;
-    let outputs = env.read(&env.output, inputs.len()).await;
+    let outputs = env.read(&env.output).await;
     assert!(tally(&inputs, &outputs, &[]).missing.is_empty());
     assert!(
         outputs.iter().all(|o| header_str(o, dl::H_PLUGIN) == v2),

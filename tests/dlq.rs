@@ -113,8 +113,8 @@ fn poison_keys(inputs: &[Outgoing]) -> Vec<Vec<u8>> {
 async fn inspect_counts_dead_letters_by_kind_and_plugin() {
     let env = Env::new(1, 3);
     let (inputs, plugin) = dead_lettered(&env).await;
-    let outputs = env.read(&env.output, INPUTS - POISON).await;
-    let dead = env.read(&env.dlq, POISON).await;
+    let outputs = env.read(&env.output).await;
+    let dead = env.read(&env.dlq).await;
 
     let report = inspect::collect(&env.config("chaos", ""), "test", Some(3))
         .await
@@ -231,8 +231,8 @@ async fn inspect_and_replay_fail_with_exit_code_1_on_bad_targets() {
     let inputs: Vec<Outgoing> = Vec::new();
     let t = tally(
         &inputs,
-        &env.read(&env.output, 1).await,
-        &env.read(&env.dlq, 1).await,
+        &env.read(&env.output).await,
+        &env.read(&env.dlq).await,
     );
     assert_eq!((t.outputs, t.dead_letters), (0, 0), "{t:?}");
 }
@@ -263,8 +263,8 @@ async fn replay_through_the_fixed_plugin_drains_the_dlq_into_the_output() {
     );
     assert_eq!(summary.skipped_filter + summary.skipped_loop_guard, 0);
 
-    let outputs = env.read(&env.output, INPUTS).await;
-    let dead = env.read(&env.dlq, POISON + 1).await;
+    let outputs = env.read(&env.output).await;
+    let dead = env.read(&env.dlq).await;
     assert_eq!(dead.len(), POISON, "the DLQ got nothing new");
     let per_key = count_keys(&outputs);
     for key in poison_keys(&inputs) {
@@ -303,7 +303,7 @@ async fn replay_to_the_original_topic_counts_replays_until_the_loop_guard() {
             .filter(|r| header_str(r, H_REPLAY_COUNT) == count)
             .collect()
     };
-    let first = replayed(env.read(&env.input, INPUTS + 8).await, "1");
+    let first = replayed(env.read(&env.input).await, "1");
     assert_eq!(count_keys(&first).into_keys().collect::<Vec<_>>(), {
         let mut p = poison.clone();
         p.sort();
@@ -325,17 +325,14 @@ async fn replay_to_the_original_topic_counts_replays_until_the_loop_guard() {
 
     // The pipeline dead-letters them again, keeping the count.
     run_pipeline(&env, "chaos", INPUTS + 8).await;
-    let dead = env.read(&env.dlq, 2 * POISON).await;
+    let dead = env.read(&env.dlq).await;
     assert_eq!(dead.len(), 2 * POISON);
     assert_eq!(replayed(dead, "1").len(), POISON);
 
     // Second replay resumes after the first: only the new dead letters.
     let s = replay(&config, Options::default()).await;
     assert_eq!((s.read, s.replayed), (8, 8), "{s}");
-    assert_eq!(
-        replayed(env.read(&env.input, INPUTS + 16).await, "2").len(),
-        POISON
-    );
+    assert_eq!(replayed(env.read(&env.input).await, "2").len(), POISON);
     run_pipeline(&env, "chaos", INPUTS + 16).await;
 
     // Third: the loop guard stops them.
@@ -352,7 +349,7 @@ async fn replay_to_the_original_topic_counts_replays_until_the_loop_guard() {
         (8, 0, 8, 0),
         "{s}"
     );
-    let input = env.read(&env.input, INPUTS + 17).await;
+    let input = env.read(&env.input).await;
     assert_eq!(
         input.len(),
         INPUTS + 16,
@@ -364,8 +361,8 @@ async fn replay_to_the_original_topic_counts_replays_until_the_loop_guard() {
         "guarded records are done"
     );
 
-    let outputs = env.read(&env.output, INPUTS - POISON).await;
-    let dead = env.read(&env.dlq, 3 * POISON).await;
+    let outputs = env.read(&env.output).await;
+    let dead = env.read(&env.dlq).await;
     assert_eq!(dead.len(), 3 * POISON);
     let t = tally(&inputs, &outputs, &dead);
     assert!(t.missing.is_empty(), "{t:?}");
@@ -417,7 +414,7 @@ async fn an_interrupted_replay_resumes_where_it_stopped() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(json["read"].as_u64(), Some(0), "{json}");
 
-    let outputs = env.read(&env.output, INPUTS).await;
+    let outputs = env.read(&env.output).await;
     let per_key = count_keys(&outputs);
     for key in poison_keys(&inputs) {
         assert_eq!(per_key.get(&key), Some(&1), "{key:?} replayed exactly once");
@@ -495,9 +492,9 @@ async fn a_dry_run_filters_and_counts_but_produces_and_commits_nothing() {
     assert_eq!((s.replayed, s.failed_again), (0, 8), "{s}");
 
     assert_eq!(replay_committed(&env).await, 0, "nothing committed");
-    assert_eq!(env.read(&env.input, INPUTS + 1).await.len(), INPUTS);
-    let outputs = env.read(&env.output, INPUTS).await;
-    let dead = env.read(&env.dlq, POISON + 1).await;
+    assert_eq!(env.read(&env.input).await.len(), INPUTS);
+    let outputs = env.read(&env.output).await;
+    let dead = env.read(&env.dlq).await;
     let t = tally(&inputs, &outputs, &dead);
     assert!(t.missing.is_empty(), "{t:?}");
     assert_eq!(

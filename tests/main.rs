@@ -18,11 +18,17 @@ mod pipeline;
 /// `/healthz`, `/readyz`, and exiting when unhealthy.
 mod health;
 
+/// Never stuck on one record: refused outputs and dead letters, dying tasks.
+mod refusals;
+
 /// The host binary on a real broker (Tansu): SIGKILL, outage, hostile records.
 mod broker;
 
 /// The host binary on a real broker: a trap storm and a soak, memory flat.
 mod soak;
+
+/// The host on Apache Kafka, the reference broker: tallies, a node killed, refusals by size.
+mod apache;
 
 /// `sandpiper dlq inspect` and `replay`: counts, re-drives, loop guard, resuming.
 mod dlq;

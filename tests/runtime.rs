@@ -852,6 +852,8 @@ mod batches {
     fn large_records_go_in_small_batches() {
         let limits = Limits {
             memory_mb: 32,
+            // Each echoed 4 MiB record is an output that large.
+            max_output_bytes: 8 << 20,
             ..Limits::default()
         };
         let mut i = chaos(limits);

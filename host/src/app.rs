@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use std::collections::HashMap;
 
@@ -32,7 +33,10 @@ pub struct App {
     pub admin: Option<SocketAddr>,
     /// Each pipeline's deployer, by pipeline name.
     pub deployers: HashMap<String, Arc<Deployer>>,
-    admin_stop: CancellationToken,
+    /// The tasks around the pipelines: deploy watchers, automatic rollback,
+    /// the control-topic follower, the admin listener. Each is watched: one
+    /// that ends before `background_stop` fails liveness.
+    background: Background,
     /// Kept alive for `brokers = "embedded"`.
     pub embedded: Option<EmbeddedCluster>,
     shutdown_timeout: Duration,
@@ -88,14 +92,23 @@ impl App {
         );
 
         // Preflight: log what would bite later (missing topics, replication
-        // factor 1) without refusing to start: topics may appear later.
+        // factor 1) without refusing to start: topics may appear later. The
+        // topics' record sizes are `sandpiper check`'s alone: a broker that
+        // never answers DescribeConfigs (the mock cluster) would cost every
+        // start its timeout.
         let mut preflight = crate::check::Report::default();
-        crate::check::kafka(&config, None, &mut preflight).await;
+        crate::check::kafka(&config, None, false, &mut preflight).await;
         crate::check::log(&preflight);
 
         let health = Arc::new(Health::default());
         let metrics = Arc::new(Metrics::new());
-        let admin_stop = CancellationToken::new();
+        let background = Background {
+            tasks: TaskTracker::new(),
+            stop: CancellationToken::new(),
+            health: health.clone(),
+            metrics: metrics.clone(),
+        };
+
         let mut pipelines = Vec::new();
         let mut deployers = HashMap::new();
         let mut control_settings = None;
@@ -138,14 +151,22 @@ impl App {
             }));
             if config.deploy.watch {
                 let interval = Duration::from_millis(config.deploy.watch_interval_ms.max(50));
-                tokio::spawn(watch::watch(
-                    deployer.clone(),
-                    p.plugin.clone(),
-                    interval,
-                    admin_stop.clone(),
-                ));
+                background.spawn(
+                    format!("the plugin file watcher of pipeline {}", p.name()),
+                    watch::watch(
+                        deployer.clone(),
+                        p.plugin.clone(),
+                        interval,
+                        background.stop.clone(),
+                    ),
+                );
             }
-            tokio::spawn(deployer.clone().auto_rollback_loop(admin_stop.clone()));
+            if p.auto_rollback.is_some() {
+                background.spawn(
+                    format!("the automatic rollback of pipeline {}", p.name()),
+                    deployer.clone().auto_rollback_loop(background.stop.clone()),
+                );
+            }
             status.push(StatusSource {
                 name: p.name().to_owned(),
                 counters: pipeline.counters(),
@@ -159,11 +180,16 @@ impl App {
         let control = match (&config.deploy.control_topic, control_settings) {
             (Some(topic), Some(settings)) => {
                 let follower = ControlFollower::new(&settings, &topic.0)?;
-                tokio::spawn(crate::deploy::control::follow(
-                    follower,
-                    deployers.clone(),
-                    admin_stop.clone(),
-                ));
+                background.spawn(
+                    format!("the control-topic follower ({topic})"),
+                    crate::deploy::control::follow(
+                        follower,
+                        deployers.clone(),
+                        health.clone(),
+                        metrics.clone(),
+                        background.stop.clone(),
+                    ),
+                );
                 Some(ControlPublisher::new(&settings, &topic.0)?)
             }
             _ => None,
@@ -178,11 +204,10 @@ impl App {
                     token: admin.token().map(Arc::from),
                     control,
                 };
-                Some(
-                    crate::admin::serve(&admin.listen, state, admin_stop.clone())
-                        .await?
-                        .0,
-                )
+                let (addr, serving) =
+                    crate::admin::serve(&admin.listen, state, background.stop.clone()).await?;
+                background.spawn(format!("the admin listener on {addr}"), serving);
+                Some(addr)
             }
             None => None,
         };
@@ -191,7 +216,7 @@ impl App {
             health,
             admin,
             deployers,
-            admin_stop,
+            background,
             embedded,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
             unhealthy_exit: Duration::from_secs(config.unhealthy_exit_secs),
@@ -228,11 +253,55 @@ impl App {
     /// flushes and closes, within the shutdown timeout.
     pub async fn stop(self) {
         // Deploy watchers, the control follower and the admin listener first.
-        self.admin_stop.cancel();
+        self.background.stop.cancel();
         let timeout = self.shutdown_timeout;
         let stops = self.pipelines.into_iter().map(|p| p.stop(timeout));
         futures_join_all(stops).await;
-        self.admin_stop.cancel();
+        self.background.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(5), self.background.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("Background tasks still running 5 s after the stop.");
+        }
+    }
+}
+
+/// The host's tasks besides the pipelines', each watched: a panic or an
+/// early return before [`Background::stop`] is cancelled is a fatal
+/// failure of the host (liveness fails, then the process exits non-zero),
+/// never a silent one.
+#[derive(Debug)]
+struct Background {
+    tasks: TaskTracker,
+    /// Cancelled when the host stops: tasks end then, as they should.
+    stop: CancellationToken,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+}
+
+impl Background {
+    /// Spawns a task that runs until the host stops.
+    fn spawn<F>(&self, what: String, future: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let task = self.tasks.spawn(future);
+        let (stop, health, metrics) =
+            (self.stop.clone(), self.health.clone(), self.metrics.clone());
+        self.tasks.spawn(async move {
+            let why = match task.await {
+                Ok(()) if stop.is_cancelled() => return,
+                Ok(()) => "ended unexpectedly".to_owned(),
+                Err(error) if error.is_panic() => format!(
+                    "panicked: {}",
+                    crate::health::panic_message(&*error.into_panic())
+                ),
+                Err(error) => format!("was cancelled: {error}"),
+            };
+            metrics.tasks_failed.inc();
+            health.set_fatal(format!("{what} {why}"));
+        });
     }
 }
 

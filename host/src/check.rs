@@ -73,8 +73,14 @@ pub fn plugins(config: &Config, report: &mut Report) {
     }
 }
 
-/// Checks brokers and topics, creating missing ones when asked.
-pub async fn kafka(config: &Config, create: Option<CreateTopics>, report: &mut Report) {
+/// Checks brokers and topics, creating missing ones when asked, and, with
+/// `record_sizes`, whether records fit the topics they must go to.
+pub async fn kafka(
+    config: &Config,
+    create: Option<CreateTopics>,
+    record_sizes: bool,
+    report: &mut Report,
+) {
     if config.kafka.is_embedded() {
         report.push(
             Level::Ok,
@@ -168,6 +174,10 @@ pub async fn kafka(config: &Config, create: Option<CreateTopics>, report: &mut R
         }
     }
 
+    if record_sizes {
+        check_record_sizes(config, &settings, &info, report).await;
+    }
+
     let wanted = info.brokers.clamp(1, 3);
     for (topic, role, pipeline) in &topics {
         match info.topics.get(topic).cloned().flatten() {
@@ -211,6 +221,95 @@ pub async fn kafka(config: &Config, create: Option<CreateTopics>, report: &mut R
                         ),
                     );
                 }
+            }
+        }
+    }
+}
+
+/// Bytes a dead letter adds to its record, at most: the diagnostic
+/// headers' caps (message, backtrace, stderr) and the rest of ours.
+const DEAD_LETTER_HEADROOM: u64 = 12 * 1024;
+
+/// Warns where a record can be too large for where it must go: an output
+/// topic taking less than the pipeline lets a record's outputs be (each
+/// such record is dead-lettered as `output-refused`), and a dead-letter
+/// topic, or the producer, taking less than an input topic (a failing
+/// record that large stops its partition: its dead letter cannot be
+/// written, and a record is never skipped).
+async fn check_record_sizes(
+    config: &Config,
+    settings: &ClientSettings,
+    info: &admin::ClusterInfo,
+    report: &mut Report,
+) {
+    let existing: Vec<String> = info
+        .topics
+        .iter()
+        .filter(|(_, i)| i.is_some())
+        .map(|(t, _)| t.clone())
+        .collect();
+    if existing.is_empty() {
+        return;
+    }
+    let sizes = match admin::max_message_bytes(settings, &existing).await {
+        Ok(sizes) => sizes,
+        Err(e) => {
+            return report.push(
+                Level::Ok,
+                format!("kafka: the topics' max.message.bytes could not be read ({e:#}); record sizes not checked"),
+            );
+        }
+    };
+    let (_, producer) = config.message_max_bytes();
+    let producer = producer
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(crate::runtime::limits::DEFAULT_MESSAGE_MAX_BYTES);
+    for p in &config.pipelines {
+        let name = p.name();
+        let limit = p.limits.max_output_bytes;
+        if let Some(&size) = sizes.get(&p.output.0)
+            && size < limit
+        {
+            report.push(
+                Level::Warning,
+                format!(
+                    "pipeline {name}: output topic {} takes records of at most {size} bytes (max.message.bytes), \
+                     below limits.max_output_bytes ({limit}): a record with an output that large is dead-lettered \
+                     as output-refused; raise the topic's max.message.bytes or lower the limit",
+                    p.output
+                ),
+            );
+        }
+        for input in &p.inputs {
+            let Some(&largest) = sizes.get(&input.0) else {
+                continue;
+            };
+            if let Some(&dead) = sizes.get(&p.dead_letter.0)
+                && dead < largest + DEAD_LETTER_HEADROOM
+            {
+                report.push(
+                    Level::Warning,
+                    format!(
+                        "pipeline {name}: dead-letter topic {} takes records of at most {dead} bytes, \
+                         less than input topic {input}'s {largest} and a dead letter's headers: \
+                         a failing record that large cannot be dead-lettered and stops its partition; \
+                         give the dead-letter topic a max.message.bytes of at least {}",
+                        p.dead_letter,
+                        largest + DEAD_LETTER_HEADROOM
+                    ),
+                );
+            }
+            if producer < largest + DEAD_LETTER_HEADROOM {
+                report.push(
+                    Level::Warning,
+                    format!(
+                        "pipeline {name}: the producer takes records of at most {producer} bytes (message.max.bytes), \
+                         less than input topic {input}'s {largest} and a dead letter's headers: \
+                         a failing record that large cannot be dead-lettered and stops its partition; \
+                         set kafka.producer_properties.\"message.max.bytes\" to at least {}",
+                        largest + DEAD_LETTER_HEADROOM
+                    ),
+                );
             }
         }
     }

@@ -405,7 +405,7 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 partitions: args.partitions,
                 replication: args.replication_factor,
             });
-            tokio_runtime()?.block_on(check::kafka(&config, create, &mut report));
+            tokio_runtime()?.block_on(check::kafka(&config, create, true, &mut report));
         }
     }
     if args.json {

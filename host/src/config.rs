@@ -11,6 +11,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::runtime::limits::{DEFAULT_MESSAGE_MAX_BYTES, OUTPUT_HEADROOM, max_output_bytes_for};
 use crate::runtime::{EngineSettings, Isolation, Limits, PluginSettings, Recycle};
 
 /// Why a config was refused: where, and what is wrong.
@@ -395,12 +396,107 @@ impl Config {
 
     /// Parses and validates config text; `label` names it in errors.
     pub fn parse(label: &str, text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: label.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })?;
         config.validate(label, text)?;
+        config.fit_outputs_to_the_producer(label, text)?;
         Ok(config)
+    }
+
+    /// `message.max.bytes` of the pipelines' producers (what they take in
+    /// one record), with the key it was read from, if written.
+    pub fn message_max_bytes(&self) -> (Option<String>, Option<&str>) {
+        const KEY: &str = "message.max.bytes";
+        if let Some(v) = self.kafka.producer_properties.get(KEY) {
+            return (
+                Some(format!("kafka.producer_properties.\"{KEY}\"")),
+                Some(v),
+            );
+        }
+        if let Some(v) = self.kafka.properties.get(KEY) {
+            return (Some(format!("kafka.properties.\"{KEY}\"")), Some(v));
+        }
+        (None, None)
+    }
+
+    /// Makes `limits.max_output_bytes` agree with the producer: derived
+    /// from its `message.max.bytes` where not written, refused where
+    /// written larger (the broker-side check, the topics' own
+    /// `max.message.bytes`, is `sandpiper check`'s). An output the producer
+    /// refuses costs its record a dead letter; a limit that promises more
+    /// than the producer takes would make that the rule, not the exception.
+    fn fit_outputs_to_the_producer(&mut self, label: &str, text: &str) -> Result<(), ConfigError> {
+        let line_of = |key: &str| {
+            text.lines()
+                .position(|l| l.trim_start().starts_with(key))
+                .map_or(1, |i| i + 1)
+        };
+        let invalid = |line: usize, key: &str, value: &str, reason: String| ConfigError::Invalid {
+            path: label.to_owned(),
+            line,
+            key: key.to_owned(),
+            value: value.to_owned(),
+            reason,
+        };
+        let (key, written) = self.message_max_bytes();
+        let producer_max = match written {
+            None => DEFAULT_MESSAGE_MAX_BYTES,
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(n) if n > OUTPUT_HEADROOM => n,
+                _ => {
+                    let key = key.unwrap_or_default();
+                    return Err(invalid(
+                        line_of("\"message.max.bytes\""),
+                        &key,
+                        &format!("\"{v}\""),
+                        format!("must be a number of bytes above {OUTPUT_HEADROOM}"),
+                    ));
+                }
+            },
+        };
+        let fits = max_output_bytes_for(producer_max);
+        let written: Vec<bool> = toml::from_str::<toml::Table>(text)
+            .ok()
+            .and_then(|t| t.get("pipeline")?.as_array().cloned())
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| {
+                        p.get("limits")
+                            .and_then(|l| l.get("max_output_bytes"))
+                            .is_some()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (i, p) in self.pipelines.iter_mut().enumerate() {
+            if !written.get(i).copied().unwrap_or(false) {
+                p.limits.max_output_bytes = fits;
+                continue;
+            }
+            let limit = p.limits.max_output_bytes;
+            if limit > fits {
+                let producer = match &key {
+                    Some(key) => format!("`{key}` is {producer_max}"),
+                    None => format!(
+                        "`kafka.producer_properties.\"message.max.bytes\"` is not set: librdkafka's default, {producer_max}"
+                    ),
+                };
+                return Err(invalid(
+                    line_of("max_output_bytes"),
+                    "pipeline.limits.max_output_bytes",
+                    &limit.to_string(),
+                    format!(
+                        "more than the producer takes in one record: {producer}, less {OUTPUT_HEADROOM} bytes \
+                         for Sandpiper's headers; set it to at most {fits}, or raise message.max.bytes \
+                         (and the topics' max.message.bytes) to at least {}",
+                        limit + OUTPUT_HEADROOM
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate(&self, label: &str, text: &str) -> Result<(), ConfigError> {
@@ -679,6 +775,58 @@ listen = "127.0.0.1:9464"
         assert_eq!(c.pipelines[0].max_unacked_mb, 64);
         let e = err(&GOOD.replace("plugin = ", "max_unacked_mb = 0\nplugin = "));
         assert!(e.contains("max_unacked_mb") && e.contains("line 13"), "{e}");
+    }
+
+    #[test]
+    fn max_output_bytes_agrees_with_what_the_producer_takes() {
+        // Not written: derived from librdkafka's default message.max.bytes.
+        let c = Config::parse("test.toml", GOOD).expect("valid");
+        assert_eq!(c.pipelines[0].limits.max_output_bytes, 1_000_000 - 1024);
+        // Derived from the producer's own setting.
+        let raised = GOOD.replace(
+            "[kafka.properties]",
+            "[kafka.producer_properties]\n\"message.max.bytes\" = \"4000000\"\n[kafka.properties]",
+        );
+        let c = Config::parse("test.toml", &raised).expect("valid");
+        assert_eq!(c.pipelines[0].limits.max_output_bytes, 4_000_000 - 1024);
+        // Written within it: kept.
+        let within = GOOD.replace(
+            "memory_mb = 64",
+            "memory_mb = 64\nmax_output_bytes = 500000",
+        );
+        let c = Config::parse("test.toml", &within).expect("valid");
+        assert_eq!(c.pipelines[0].limits.max_output_bytes, 500_000);
+        // Written above it: refused, naming both keys and the line.
+        let above = GOOD.replace(
+            "memory_mb = 64",
+            "memory_mb = 64\nmax_output_bytes = 16777216",
+        );
+        let e = err(&above);
+        assert!(
+            e.contains("line 17")
+                && e.contains("pipeline.limits.max_output_bytes")
+                && e.contains("message.max.bytes")
+                && e.contains("998976"),
+            "{e}"
+        );
+        let e = err(&raised.replace(
+            "memory_mb = 64",
+            "memory_mb = 64\nmax_output_bytes = 5000000",
+        ));
+        assert!(
+            e.contains("kafka.producer_properties.\"message.max.bytes\"` is 4000000"),
+            "{e}"
+        );
+        // A message.max.bytes that is not a number names its key.
+        let bad = GOOD.replace(
+            "\"security.protocol\" = \"SASL_SSL\"",
+            "\"message.max.bytes\" = \"lots\"",
+        );
+        let e = err(&bad);
+        assert!(
+            e.contains("kafka.properties.\"message.max.bytes\"") && e.contains("line 6"),
+            "{e}"
+        );
     }
 
     #[test]

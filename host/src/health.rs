@@ -43,6 +43,9 @@ pub struct PartitionProgress {
     last_progress_ms: AtomicU64,
     /// Set while the partition waits on the broker (produce retrying).
     blocked: Mutex<Option<String>>,
+    /// Set when the partition cannot go on without an operator (a dead
+    /// letter its topic refuses for good): liveness fails with it.
+    stopped: Mutex<Option<String>>,
     /// The assignment was lost: nothing may be stored for it any more.
     pub lost: AtomicBool,
     clock: Arc<Clock>,
@@ -74,6 +77,15 @@ impl PartitionProgress {
 
     pub fn blocked(&self) -> Option<String> {
         lock(&self.blocked).clone()
+    }
+
+    /// The partition stops for good, for `reason` (kept once set).
+    pub fn set_stopped(&self, reason: String) {
+        lock(&self.stopped).get_or_insert(reason);
+    }
+
+    pub fn stopped(&self) -> Option<String> {
+        lock(&self.stopped).clone()
     }
 
     /// Records received but not yet finished.
@@ -175,6 +187,7 @@ impl PipelineHealth {
             completed: AtomicI64::new(-1),
             last_progress_ms: AtomicU64::new(self.clock.now_ms()),
             blocked: Mutex::new(None),
+            stopped: Mutex::new(None),
             lost: AtomicBool::new(false),
             clock: self.clock.clone(),
         });
@@ -203,6 +216,13 @@ impl PipelineHealth {
             problems.push(format!("pipeline {}: {fatal}", self.name));
         }
         for p in lock(&self.partitions).values() {
+            if let Some(reason) = p.stopped() {
+                problems.push(format!(
+                    "pipeline {}: partition {}/{} {reason}",
+                    self.name, p.topic, p.partition
+                ));
+                continue;
+            }
             if p.in_flight() > 0 && p.blocked().is_none() && p.idle_for() > self.stall_timeout {
                 problems.push(format!(
                     "pipeline {}: partition {}/{} stalled: {} records in flight, no progress for {:?}",
@@ -311,10 +331,25 @@ impl ClientEvents for PipelineHealth {
     }
 }
 
-/// The process's health: every pipeline's.
+/// The process's health: every pipeline's, and that of the tasks around
+/// them (deploy watchers, the control-topic follower, the admin listener).
 #[derive(Debug, Default)]
 pub struct Health {
     pipelines: Mutex<Vec<Arc<PipelineHealth>>>,
+    /// A background task that ended: the process must exit.
+    fatal: Mutex<Option<String>>,
+    /// What keeps the host from being ready besides its pipelines, by
+    /// component (the control-topic follower failing to read, say).
+    degraded: Mutex<BTreeMap<&'static str, String>>,
+}
+
+/// The text of a task's panic payload.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// A health report as served over HTTP.
@@ -333,12 +368,33 @@ impl Health {
         lock(&self.pipelines).clone()
     }
 
+    /// Something outside the pipelines that must end the process (a
+    /// background task that ended); the first reason is kept.
+    pub fn set_fatal(&self, reason: String) {
+        tracing::error!(
+            reason,
+            "Host failed; the process will exit so it can be restarted."
+        );
+        lock(&self.fatal).get_or_insert(reason);
+    }
+
+    /// Marks `component` as keeping the host from being ready (`Some`), or
+    /// as well again (`None`).
+    pub fn set_degraded(&self, component: &'static str, reason: Option<String>) {
+        let mut degraded = lock(&self.degraded);
+        match reason {
+            Some(reason) => degraded.insert(component, reason),
+            None => degraded.remove(component),
+        };
+    }
+
+    fn host_problems(&self) -> Vec<String> {
+        lock(&self.fatal).iter().cloned().collect()
+    }
+
     pub fn liveness(&self) -> Report {
-        let reasons: Vec<String> = self
-            .pipelines()
-            .iter()
-            .flat_map(|p| p.liveness_problems())
-            .collect();
+        let mut reasons = self.host_problems();
+        reasons.extend(self.pipelines().iter().flat_map(|p| p.liveness_problems()));
         Report {
             ok: reasons.is_empty(),
             reasons,
@@ -346,11 +402,13 @@ impl Health {
     }
 
     pub fn readiness(&self) -> Report {
-        let reasons: Vec<String> = self
-            .pipelines()
-            .iter()
-            .flat_map(|p| p.readiness_problems())
-            .collect();
+        let mut reasons = self.host_problems();
+        reasons.extend(self.pipelines().iter().flat_map(|p| p.readiness_problems()));
+        reasons.extend(
+            lock(&self.degraded)
+                .iter()
+                .map(|(component, why)| format!("{component}: {why}")),
+        );
         Report {
             ok: reasons.is_empty(),
             reasons,

@@ -17,6 +17,7 @@
 //! - [`demo`]: `sandpiper demo` on an embedded cluster.
 //! - [`harness`]: the offline `plugin test` / `plugin inspect` commands.
 //! - [`ratelimit`]: rate-limited logging.
+//! - [`fault`]: test-only fault injection into the host's background tasks.
 //! - [`cli`]: command-line parsing and dispatch.
 
 pub mod admin;
@@ -27,6 +28,7 @@ pub mod config;
 pub mod demo;
 pub mod deploy;
 pub mod dlq;
+pub mod fault;
 pub mod harness;
 pub mod health;
 pub mod kafka;

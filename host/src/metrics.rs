@@ -65,6 +65,13 @@ pub struct Metrics {
     committed: Family<PartitionLabels, Gauge>,
     plugin_info: Family<PluginLabels, Gauge>,
     deploys: Family<DeployLabels, Counter>,
+    offset_store_failures: Family<PipelineLabels, Counter>,
+    partitions_stopped: Family<PipelineLabels, Gauge>,
+    /// Errors of the fleet's control-topic follower (reading or applying).
+    pub control_errors: Counter,
+    /// Background tasks (deploy watchers, the control follower, the admin
+    /// listener...) that ended while the host was running.
+    pub tasks_failed: Counter,
     rss_bytes: Gauge,
     threads: Gauge,
     open_fds: Gauge,
@@ -92,6 +99,10 @@ impl Metrics {
             committed: Family::default(),
             plugin_info: Family::default(),
             deploys: Family::default(),
+            offset_store_failures: Family::default(),
+            partitions_stopped: Family::default(),
+            control_errors: Counter::default(),
+            tasks_failed: Counter::default(),
             rss_bytes: Gauge::default(),
             threads: Gauge::default(),
             open_fds: Gauge::default(),
@@ -158,6 +169,26 @@ impl Metrics {
             m.deploys.clone(),
         );
         registry.register(
+            "offset_store_failures",
+            "Offsets of finished records that librdkafka refused to store",
+            m.offset_store_failures.clone(),
+        );
+        registry.register(
+            "partitions_stopped",
+            "Partitions stopped for good: a dead letter their dead-letter topic refuses",
+            m.partitions_stopped.clone(),
+        );
+        registry.register(
+            "control_errors",
+            "Errors reading or applying the fleet's control topic",
+            m.control_errors.clone(),
+        );
+        registry.register(
+            "background_task_failures",
+            "Background tasks that ended while the host ran (the host then exits)",
+            m.tasks_failed.clone(),
+        );
+        registry.register(
             "process_resident_memory_bytes",
             "Resident set size",
             m.rss_bytes.clone(),
@@ -206,6 +237,8 @@ impl Metrics {
             outputs: self.outputs.get_or_create(&labels).clone(),
             instantiations: self.instantiations.get_or_create(&labels).clone(),
             call_seconds: self.call_seconds.get_or_create(&labels).clone(),
+            offset_store_failures: self.offset_store_failures.get_or_create(&labels).clone(),
+            partitions_stopped: self.partitions_stopped.get_or_create(&labels).clone(),
             failed: FailureKind::ALL
                 .iter()
                 .map(|k| {
@@ -230,6 +263,8 @@ pub struct PipelineMetrics {
     pub outputs: Counter,
     pub instantiations: Counter,
     pub call_seconds: CallSeconds,
+    pub offset_store_failures: Counter,
+    pub partitions_stopped: Gauge,
     failed: Vec<(FailureKind, Counter)>,
     /// The `plugin_info` series set last, to remove it on a swap.
     last_plugin: Arc<std::sync::Mutex<Option<PluginLabels>>>,

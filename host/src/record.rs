@@ -26,6 +26,19 @@ pub struct Record {
     pub headers: Headers,
 }
 
+impl Record {
+    /// Bytes this record holds (key, value, headers).
+    pub fn size(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len)
+            + self.value.as_ref().map_or(0, Vec::len)
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+}
+
 /// One record a plugin asks the host to produce.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Output {
@@ -76,6 +89,10 @@ pub enum FailureKind {
     RetriesExhausted,
     /// The host could not instantiate the plugin: not the record's fault.
     InstantiateError,
+    /// The broker (or the producer) refused one of the record's outputs for
+    /// good: too large for the topic, invalid, or for a topic that does not
+    /// exist or may not be written. Retrying could never succeed.
+    OutputRefused,
 }
 
 impl FailureKind {
@@ -91,6 +108,7 @@ impl FailureKind {
             Self::Retry => "retry",
             Self::RetriesExhausted => "retries-exhausted",
             Self::InstantiateError => "instantiate-error",
+            Self::OutputRefused => "output-refused",
         }
     }
 
@@ -101,7 +119,7 @@ impl FailureKind {
     }
 
     /// Every kind, for metrics and tallies.
-    pub const ALL: [FailureKind; 9] = [
+    pub const ALL: [FailureKind; 10] = [
         Self::Trap,
         Self::Timeout,
         Self::OutOfFuel,
@@ -111,6 +129,7 @@ impl FailureKind {
         Self::Retry,
         Self::RetriesExhausted,
         Self::InstantiateError,
+        Self::OutputRefused,
     ];
 }
 

@@ -378,6 +378,62 @@ pub fn key_counts(
     counts
 }
 
+/// Per topic, how many records carry each key, reading every partition of
+/// `topics` from its beginning to its high watermark as of the call (a
+/// broker whose ListOffsets gives a partition's end: Apache Kafka, the
+/// mock cluster; not Tansu, see [`key_counts`]). Extra copies count.
+pub fn key_counts_to_end(brokers: &str, topics: &[&str]) -> Vec<HashMap<Vec<u8>, u32>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "sandpiper-test-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .expect("test reader");
+    let mut tpl = TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for topic in topics {
+        for p in partitions(&consumer, topic) {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("watermarks of {topic}/{p}: {e}"));
+            if high > low {
+                ends.insert((topic.to_string(), p), high);
+                tpl.add_partition_offset(topic, p, Offset::Offset(low))
+                    .expect("partition list");
+            }
+        }
+    }
+    let mut counts = vec![HashMap::new(); topics.len()];
+    if ends.is_empty() {
+        return counts;
+    }
+    consumer.assign(&tpl).expect("assign");
+    let started = Instant::now();
+    while !ends.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "{topics:?} not read to their high watermarks: {ends:?} left"
+        );
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let at = (m.topic().to_owned(), m.partition());
+                if ends.get(&at).is_some_and(|end| m.offset() + 1 >= *end) {
+                    ends.remove(&at);
+                }
+                let i = topics.iter().position(|t| *t == m.topic()).unwrap_or(0);
+                *counts[i]
+                    .entry(m.key().unwrap_or_default().to_vec())
+                    .or_insert(0) += 1;
+            }
+            Some(Err(error)) => eprintln!("reading {topics:?}: {error}"),
+            None => {}
+        }
+    }
+    counts
+}
+
 /// Committed offsets of `group` on `topic` (-1: none).
 pub fn committed(brokers: &str, group: &str, topic: &str) -> BTreeMap<i32, i64> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -434,19 +490,7 @@ pub fn wait_committed(
     }
 }
 
-/// Where each input went, by key.
-#[derive(Debug)]
-pub struct Tally {
-    pub inputs: usize,
-    pub outputs: usize,
-    pub dead_letters: usize,
-    /// Distinct input keys among the dead letters.
-    pub dead_keys: usize,
-    /// Input keys found neither in the outputs nor in the dead letters.
-    pub missing: Vec<String>,
-    /// Extra copies of input keys (at-least-once allows them; tests report them).
-    pub duplicates: usize,
-}
+pub use super::tally::Tally;
 
 /// Tallies inputs (their keys must be unique) against key counts of the
 /// output and dead-letter topics.
@@ -455,42 +499,14 @@ pub fn tally(
     outputs: &HashMap<Vec<u8>, u32>,
     dead: &HashMap<Vec<u8>, u32>,
 ) -> Tally {
-    let mut missing = Vec::new();
-    let mut duplicates = 0;
-    let mut dead_keys = 0;
-    for key in inputs.iter().filter_map(|i| i.key.as_ref()) {
-        dead_keys += usize::from(dead.contains_key(key));
-        let n = outputs.get(key).copied().unwrap_or(0) + dead.get(key).copied().unwrap_or(0);
-        if n == 0 {
-            missing.push(String::from_utf8_lossy(key).into_owned());
-        }
-        duplicates += n.saturating_sub(1) as usize;
-    }
-    Tally {
-        inputs: inputs.len(),
-        outputs: outputs.values().map(|n| *n as usize).sum(),
-        dead_letters: dead.values().map(|n| *n as usize).sum(),
-        dead_keys,
-        missing,
-        duplicates,
-    }
+    Tally::of(
+        inputs.iter().filter_map(|i| i.key.as_deref()),
+        outputs,
+        dead,
+    )
 }
 
 /// Asserts nothing is missing and reports duplicates.
 pub fn assert_complete(what: &str, t: &Tally) {
-    eprintln!(
-        "{what} tally: {} inputs, {} outputs, {} dead letters, {} missing, {} duplicates",
-        t.inputs,
-        t.outputs,
-        t.dead_letters,
-        t.missing.len(),
-        t.duplicates
-    );
-    assert!(
-        t.missing.is_empty(),
-        "{what}: {} of {} inputs missing (first: {:?})",
-        t.missing.len(),
-        t.inputs,
-        &t.missing[..t.missing.len().min(10)]
-    );
+    t.assert_complete(what);
 }

@@ -1,7 +1,7 @@
 //! Kafka test helpers: a mock cluster with random topics, a host started
 //! from a real config, and the tally every end-to-end test ends in.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use sandpiper::app::App;
@@ -10,6 +10,7 @@ use sandpiper::kafka::embedded::EmbeddedCluster;
 use sandpiper::kafka::{Outgoing, tools};
 use sandpiper::record::Record;
 
+use super::tally::key_counts;
 use super::{plugin, unique};
 
 /// A mock cluster and a pipeline's worth of fresh topics.
@@ -98,21 +99,33 @@ impl Env {
             .expect("produce inputs");
     }
 
-    /// Reads a whole topic (until `want` records or 3 s of quiet).
-    pub async fn read(&self, topic: &str, want: usize) -> Vec<Record> {
+    /// Reads a whole topic, to its high watermark as of the call.
+    pub async fn read(&self, topic: &str) -> Vec<Record> {
         let (brokers, topic) = (self.brokers.clone(), topic.to_owned());
         tokio::task::spawn_blocking(move || {
-            tools::read_topic(
-                &brokers,
-                &topic,
-                want,
-                Duration::from_secs(3),
-                Duration::from_secs(60),
-            )
+            tools::read_to_end(&brokers, &topic, Duration::from_secs(60))
         })
         .await
         .expect("join")
         .expect("read topic")
+    }
+
+    /// Reads `topic` to its end until `done` holds for what it holds, while
+    /// the host is still producing; what it read last after `timeout`.
+    pub async fn read_until(
+        &self,
+        topic: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&[Record]) -> bool,
+    ) -> Vec<Record> {
+        let started = Instant::now();
+        loop {
+            let records = self.read(topic).await;
+            if done(&records) || started.elapsed() >= timeout {
+                return records;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Committed offsets of the env's group on its input.
@@ -183,44 +196,17 @@ pub async fn wait_committed(app: &App, total: usize, timeout: Duration) {
     }
 }
 
-/// Where each input went. Built from record keys.
-#[derive(Debug)]
-pub struct Tally {
-    pub inputs: usize,
-    pub outputs: usize,
-    pub dead_letters: usize,
-    /// Inputs found neither in the outputs nor in the dead letters.
-    pub missing: Vec<String>,
-    /// Keys seen more than once (at-least-once allows it; tests report it).
-    pub duplicates: usize,
-}
+pub use super::tally::Tally;
 
+/// The tally of `inputs` against the records read from the output and
+/// dead-letter topics.
 pub fn tally(inputs: &[Outgoing], outputs: &[Record], dead: &[Record]) -> Tally {
-    let mut seen: HashMap<Vec<u8>, usize> = HashMap::new();
-    for r in outputs.iter().chain(dead) {
-        if let Some(k) = &r.key {
-            *seen.entry(k.clone()).or_default() += 1;
-        }
-    }
-    let input_keys: HashSet<&Vec<u8>> = inputs.iter().filter_map(|i| i.key.as_ref()).collect();
-    let missing = inputs
-        .iter()
-        .filter_map(|i| i.key.as_ref())
-        .filter(|k| !seen.contains_key(*k))
-        .map(|k| String::from_utf8_lossy(k).into_owned())
-        .collect();
-    let duplicates = seen
-        .iter()
-        .filter(|(k, n)| input_keys.contains(k) && **n > 1)
-        .map(|(_, n)| n - 1)
-        .sum();
-    Tally {
-        inputs: inputs.len(),
-        outputs: outputs.len(),
-        dead_letters: dead.len(),
-        missing,
-        duplicates,
-    }
+    let counts = |records: &[Record]| key_counts(records.iter().map(|r| r.key.as_deref()));
+    Tally::of(
+        inputs.iter().filter_map(|i| i.key.as_deref()),
+        &counts(outputs),
+        &counts(dead),
+    )
 }
 
 pub fn header<'a>(r: &'a Record, name: &str) -> Option<&'a [u8]> {

@@ -2,10 +2,12 @@
 
 #![allow(dead_code)]
 
+pub mod apache;
 pub mod client;
 pub mod http;
 pub mod kafka;
 pub mod process;
+pub mod tally;
 pub mod tansu;
 
 use std::path::{Path, PathBuf};

@@ -23,6 +23,16 @@ impl HostProcess {
     /// `sandpiper run --config <config>`, logs appended to `log`. `admin` is
     /// the config's `[admin] listen` address.
     pub fn start(config: &Path, log: &Path, admin: SocketAddr) -> Self {
+        Self::start_with_env(config, log, admin, &[])
+    }
+
+    /// [`HostProcess::start`] with extra environment variables.
+    pub fn start_with_env(
+        config: &Path,
+        log: &Path,
+        admin: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> Self {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -36,6 +46,7 @@ impl HostProcess {
             .env("SANDPIPER_LOG", "info")
             .env("NO_COLOR", "1")
             .env_remove("SANDPIPER_LOG_FORMAT")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)

@@ -1,7 +1,7 @@
 //! `cargo xtask <task>`: the project's build, test, demo and bench tasks.
 //!
 //! Each task installs what it needs that a fresh machine lacks (the
-//! `wasm32-wasip2` target, the test broker) so the README's two commands
+//! `wasm32-wasip2` target, the test brokers) so the README's two commands
 //! work from a fresh clone.
 
 use std::path::{Path, PathBuf};
@@ -14,7 +14,7 @@ usage: cargo xtask <task>
 
 tasks:
   demo            build the plugins, run the demo pipeline on an embedded Kafka
-  test            build the plugins, test the SDK, install the test broker, run every test
+  test            build the plugins, test the SDK, install the test brokers, run every test
   build-plugins   build the example and test plugins (wasm32-wasip2)
   bench           the pipeline benchmark against a native loop (release build;
                   updates BENCHMARKS.md and docs/); --quick: CI's small run;
@@ -122,31 +122,42 @@ fn demo(extra: &[String]) -> anyhow::Result<()> {
     run(cmd)
 }
 
-/// Runs every test. With cargo-nextest (on every machine of this project)
-/// each test runs in its own process, so tests that measure the process's
-/// memory, threads and Kafka clients see only their own; without it, cargo
-/// test runs them one at a time for the same reason.
+/// The test runner, installed from crates.io when missing (a few minutes
+/// of compiling, once per machine).
+const NEXTEST: &str = "cargo-nextest@0.9.151";
+
+/// Installs cargo-nextest unless `cargo nextest` already runs.
+fn ensure_nextest() -> anyhow::Result<()> {
+    let installed = cargo()
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if installed {
+        return Ok(());
+    }
+    let mut cmd = cargo();
+    cmd.args(["install", "--locked", "--quiet", NEXTEST]);
+    run(cmd).context("installing cargo-nextest (the test runner) from crates.io")
+}
+
+/// Runs every test with cargo-nextest, each test in its own process, so
+/// tests that measure the process's memory, threads and Kafka clients see
+/// only their own, and a test that sets the environment or panics a task
+/// on purpose touches no other.
 fn test(extra: &[String]) -> anyhow::Result<()> {
     build_plugins()?;
     test_sdk()?;
     let tansu = install_tansu()?;
+    let kafka = install_kafka()?;
     install_chromium()?;
+    ensure_nextest()?;
     let mut cmd = cargo();
     cmd.current_dir(root())
         .env("SANDPIPER_PLUGINS_BUILT", "1")
-        .env("SANDPIPER_TANSU", &tansu);
-    let nextest = cargo()
-        .args(["nextest", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if nextest {
-        cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"])
-            .args(extra);
-    } else {
-        cmd.args(["test", "--workspace", "--"])
-            .arg("--test-threads=1")
-            .args(extra);
-    }
+        .env("SANDPIPER_TANSU", &tansu)
+        .env("SANDPIPER_KAFKA_LIBS", &kafka)
+        .args(["nextest", "run", "--workspace", "--no-fail-fast"])
+        .args(extra);
     run(cmd)
 }
 
@@ -206,6 +217,120 @@ fn install_tansu() -> anyhow::Result<PathBuf> {
         binary.display()
     );
     Ok(binary)
+}
+
+/// The reference broker: Apache Kafka, its server jars from Maven Central
+/// (the distribution's tarball comes from download mirrors; Maven Central
+/// is the one host a build machine is sure to reach).
+const KAFKA_VERSION: &str = "4.4.0";
+
+/// The logging backend for the broker's jars: Kafka's own distribution
+/// ships it, its pom does not pull it in (Kafka 4.4 logs through slf4j
+/// 1.7, so the binding is log4j-slf4j-impl, at the log4j-core version
+/// kafka-server depends on). Without it the broker's logs go nowhere.
+const KAFKA_LOG_BINDING: [&str; 3] = ["org.apache.logging.log4j", "log4j-slf4j-impl", "2.25.5"];
+
+/// Installs Apache Kafka's server jars (`kafka_2.13` and its runtime
+/// dependencies, plus the logging binding) into
+/// `<repo>/.cache/kafka/<version>/libs` with Maven (project-local, with a
+/// project-local Maven repository under `.cache/kafka/m2`; nothing global)
+/// unless they are there, and returns that directory, which the tests find
+/// in `SANDPIPER_KAFKA_LIBS` and run as `java -cp '<libs>/*'`.
+///
+/// A marker file is written only once the jars are complete and the broker
+/// runs; without it the directory is emptied and fetched again, so an
+/// interrupted download is redone rather than used.
+fn install_kafka() -> anyhow::Result<PathBuf> {
+    let dir = root().join(".cache/kafka").join(KAFKA_VERSION);
+    let libs = dir.join("libs");
+    let marker = dir.join("installed");
+    if !marker.is_file() {
+        if libs.exists() {
+            std::fs::remove_dir_all(&libs)
+                .with_context(|| format!("removing the incomplete {}", libs.display()))?;
+        }
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("pom.xml"), kafka_pom())
+            .with_context(|| format!("writing {}", dir.join("pom.xml").display()))?;
+        let mvn = std::env::var("MVN").unwrap_or_else(|_| "mvn".into());
+        let mut cmd = Command::new(mvn);
+        cmd.current_dir(&dir)
+            .args(["-q", "-B", "-f", "pom.xml"])
+            .arg(format!(
+                "-Dmaven.repo.local={}",
+                root().join(".cache/kafka/m2").display()
+            ))
+            .args([
+                "dependency:copy-dependencies",
+                "-DoutputDirectory=libs",
+                "-DincludeScope=runtime",
+            ]);
+        run(cmd).context(
+            "installing Apache Kafka's jars with Maven from Maven Central \
+             (needs `mvn` and Java 17 or later)",
+        )?;
+    }
+    let server = libs.join(format!("kafka_2.13-{KAFKA_VERSION}.jar"));
+    if !server.is_file() {
+        let _ = std::fs::remove_file(&marker);
+        bail!("no {} after installing Apache Kafka", server.display());
+    }
+    let out = Command::new("java")
+        .arg("-cp")
+        .arg(libs.join("*"))
+        .args(["kafka.Kafka", "--version"])
+        .output()
+        .context("running java (Apache Kafka needs Java 17 or later)")?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if !out.status.success() || version != KAFKA_VERSION {
+        let _ = std::fs::remove_file(&marker);
+        bail!(
+            "kafka.Kafka --version in {} answered {:?} ({}): {}",
+            libs.display(),
+            version,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if !marker.is_file() {
+        std::fs::write(&marker, format!("{KAFKA_VERSION}\n"))
+            .with_context(|| format!("writing {}", marker.display()))?;
+    }
+    eprintln!(
+        "xtask: reference broker Apache Kafka {version} ({})",
+        libs.display()
+    );
+    Ok(libs)
+}
+
+/// A pom whose only purpose is its dependencies: Kafka's server and the
+/// logging binding.
+fn kafka_pom() -> String {
+    let [group, artifact, version] = KAFKA_LOG_BINDING;
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by `cargo xtask test`: Apache Kafka's server jars for the tests. -->
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>sandpiper.test</groupId>
+  <artifactId>apache-kafka</artifactId>
+  <version>{KAFKA_VERSION}</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka_2.13</artifactId>
+      <version>{KAFKA_VERSION}</version>
+    </dependency>
+    <dependency>
+      <groupId>{group}</groupId>
+      <artifactId>{artifact}</artifactId>
+      <version>{version}</version>
+    </dependency>
+  </dependencies>
+</project>
+"#
+    )
 }
 
 /// `cargo xtask bench`: the pipeline benchmark (native loop against

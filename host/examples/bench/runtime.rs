@@ -242,13 +242,7 @@ plugin = "{plugin}"
     app.stop().await;
     let b = brokers.clone();
     let outputs = tokio::task::spawn_blocking(move || {
-        tools::read_topic(
-            &b,
-            "swap-out",
-            total as usize,
-            Duration::from_secs(3),
-            Duration::from_secs(60),
-        )
+        tools::read_to_end(&b, "swap-out", Duration::from_secs(60))
     })
     .await??;
     let mut stamps: Vec<i64> = outputs.iter().filter_map(|r| r.timestamp).collect();

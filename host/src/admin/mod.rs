@@ -91,26 +91,30 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Binds `listen` and serves until `shutdown`. Returns the bound address
-/// (useful with port 0) and the serving task.
+/// Binds `listen`; returns the bound address (useful with port 0) and the
+/// future that serves until `shutdown`, for the caller to run as a watched
+/// task (it ends early only if serving fails).
 pub async fn serve(
     listen: &str,
     state: AdminState,
     shutdown: CancellationToken,
-) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+) -> anyhow::Result<(
+    std::net::SocketAddr,
+    impl std::future::Future<Output = ()> + Send + 'static,
+)> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding the admin listener on {listen}"))?;
     let addr = listener.local_addr()?;
     let app = router(state);
-    let task = tokio::spawn(async move {
+    let task = async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
         if let Err(error) = served {
             tracing::error!(%error, "The admin listener failed.");
         }
-    });
+    };
     tracing::info!(%addr, "Admin listener started.");
     Ok((addr, task))
 }

@@ -328,6 +328,7 @@ impl Deployer {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
+            crate::fault::point("auto-rollback");
             let current = self.workers.plugin();
             if judged.as_ref() == Some(current.id())
                 || self

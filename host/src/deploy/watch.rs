@@ -52,6 +52,7 @@ pub async fn watch(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
         }
+        crate::fault::point("deploy-watch");
         let now = stamp(&path);
         if now == seen {
             pending = None;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
@@ -107,4 +107,35 @@ pub async fn create_topics(
             Err((name, code)) => (name, Err(code.to_string())),
         })
         .collect())
+}
+
+/// Each topic's `max.message.bytes` (the largest record batch the broker
+/// takes for it), by DescribeConfigs; a topic the broker does not describe
+/// is left out.
+pub async fn max_message_bytes(
+    settings: &ClientSettings,
+    topics: &[String],
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let admin: AdminClient<DefaultClientContext> = config(settings)
+        .create()
+        .context("creating an admin client")?;
+    let specifiers: Vec<ResourceSpecifier<'_>> =
+        topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let described = admin
+        .describe_configs(&specifiers, &opts)
+        .await
+        .context("describing the topics' configs")?;
+    let mut sizes = BTreeMap::new();
+    for (topic, result) in topics.iter().zip(described) {
+        let Ok(resource) = result else { continue };
+        let size = resource
+            .get("max.message.bytes")
+            .and_then(|e| e.value.as_deref())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(size) = size {
+            sizes.insert(topic.clone(), size);
+        }
+    }
+    Ok(sizes)
 }

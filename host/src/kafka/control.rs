@@ -125,30 +125,33 @@ impl ControlFollower {
         Ok(Self { consumer })
     }
 
-    /// The next published version; transient errors are retried inside.
-    pub async fn next(&self) -> ControlRecord {
+    /// The next published version, or the consumer's error (librdkafka
+    /// retries by itself; the caller reports it and asks again).
+    pub async fn next(&self) -> Result<ControlRecord, ControlError> {
         loop {
-            match self.consumer.recv().await {
-                Ok(m) => {
-                    let (Some(key), Some(bytes)) = (m.key(), m.payload()) else {
-                        continue;
-                    };
-                    let name = m
-                        .headers()
-                        .and_then(|hs| hs.iter().find(|h| h.key == H_NAME).and_then(|h| h.value))
-                        .map(|v| String::from_utf8_lossy(v).into_owned())
-                        .unwrap_or_else(|| "plugin".into());
-                    return ControlRecord {
-                        pipeline: String::from_utf8_lossy(key).into_owned(),
-                        name,
-                        bytes: bytes.to_vec(),
-                    };
-                }
-                Err(error) => {
-                    tracing::debug!(%error, "Control topic consumer error.");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
+            let m = self
+                .consumer
+                .recv()
+                .await
+                .map_err(|e| ControlError(e.to_string()))?;
+            let (Some(key), Some(bytes)) = (m.key(), m.payload()) else {
+                continue; // A tombstone, or not ours.
+            };
+            let name = m
+                .headers()
+                .and_then(|hs| hs.iter().find(|h| h.key == H_NAME).and_then(|h| h.value))
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_else(|| "plugin".into());
+            return Ok(ControlRecord {
+                pipeline: String::from_utf8_lossy(key).into_owned(),
+                name,
+                bytes: bytes.to_vec(),
+            });
         }
     }
 }
+
+/// Why the control topic could not be read (librdkafka's error, as text).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct ControlError(String);

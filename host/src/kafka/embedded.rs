@@ -30,6 +30,7 @@ enum Command {
         group: String,
         broker: i32,
     },
+    RefuseProduces(usize),
 }
 
 type Reply = mpsc::Sender<anyhow::Result<()>>;
@@ -87,6 +88,13 @@ impl EmbeddedCluster {
                                 broker,
                             )
                             .with_context(|| format!("moving the coordinator of {group}")),
+                        Command::RefuseProduces(count) => {
+                            use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+                            let errors =
+                                vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; count];
+                            cluster.request_errors(RDKafkaApiKey::Produce, &errors);
+                            Ok(())
+                        }
                     };
                     let _ = reply.send(result);
                 }
@@ -163,6 +171,15 @@ impl EmbeddedCluster {
             group: group.to_owned(),
             broker,
         })
+    }
+}
+
+impl EmbeddedCluster {
+    /// Answers the next `count` Produce requests, from any client, with
+    /// the broker's `MESSAGE_TOO_LARGE`, as a topic with a smaller
+    /// `max.message.bytes` would (the mock cluster has no topic configs).
+    pub fn refuse_next_produces(&self, count: usize) -> anyhow::Result<()> {
+        self.call(Command::RefuseProduces(count))
     }
 }
 

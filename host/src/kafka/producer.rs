@@ -61,14 +61,92 @@ impl Outgoing {
     }
 }
 
-/// Why a record was not produced (librdkafka's error, as text).
+/// Why a record was not produced: librdkafka's error code and its text.
+///
+/// The code tells a refusal that waiting heals (a broker or leader away, a
+/// timeout, too few in-sync replicas, throttling, a full queue) from one it
+/// never will ([`SendError::is_permanent`]): the record itself is wrong for
+/// the topic (too large, invalid, corrupt) or the operator's set-up is (an
+/// unknown topic, a denied authorisation).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct SendError(String);
+#[error("{message}")]
+pub struct SendError {
+    code: Option<RDKafkaErrorCode>,
+    message: String,
+    /// Refused by the producer itself, before any broker saw it.
+    local: bool,
+}
+
+impl SendError {
+    /// True when sending the same record again cannot succeed until
+    /// something changes (the record, or the operator's configuration):
+    /// retrying it would hold its partition for ever.
+    pub fn is_permanent(&self) -> bool {
+        use RDKafkaErrorCode as C;
+        matches!(
+            self.code,
+            // The record: too large for the producer or the topic, invalid,
+            // corrupt, or with a timestamp the topic refuses.
+            Some(
+                C::MessageSizeTooLarge
+                    | C::InvalidMessageSize
+                    | C::MessageBatchTooLarge
+                    | C::InvalidMessage
+                    | C::InvalidRecord
+                    | C::BadMessage
+                    | C::InvalidTimestamp
+                    // The operator's: the topic does not exist (the producer
+                    // never creates topics), is invalid, or may not be written.
+                    | C::UnknownTopic
+                    | C::UnknownPartition
+                    | C::UnknownTopicOrPartition
+                    | C::InvalidTopic
+                    | C::TopicAuthorizationFailed
+                    | C::PolicyViolation
+                    | C::InvalidRequiredAcks
+            )
+        )
+    }
+
+    /// True for a broker's refusal of a whole record batch for its size.
+    /// The broker judges batches: records that would fit alone share the
+    /// refusal of a too-large one batched with them, so such a refusal is
+    /// the record's own only once it is refused again when sent alone.
+    pub fn is_batch_size_refusal(&self) -> bool {
+        !self.local
+            && matches!(
+                self.code,
+                Some(
+                    RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge
+                )
+            )
+    }
+
+    /// librdkafka's name of the error code (`MessageSizeTooLarge`...), for
+    /// log fields and dead-letter messages.
+    pub fn code_name(&self) -> String {
+        self.code
+            .map_or_else(|| "unknown".to_owned(), |c| format!("{c:?}"))
+    }
+}
 
 impl From<KafkaError> for SendError {
     fn from(e: KafkaError) -> Self {
-        Self(e.to_string())
+        Self {
+            code: e.rdkafka_error_code(),
+            message: e.to_string(),
+            local: false,
+        }
+    }
+}
+
+impl SendError {
+    /// librdkafka refused the record when it was handed over.
+    fn local(e: KafkaError) -> Self {
+        Self {
+            local: true,
+            ..Self::from(e)
+        }
     }
 }
 
@@ -246,7 +324,7 @@ impl Producer {
                     base = back;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Err((error, _)) => return Err(error.into()),
+                Err((error, _)) => return Err(SendError::local(error)),
             }
         }
     }
@@ -303,16 +381,66 @@ mod tests {
         for _ in 0..3 {
             counted(&acks);
         }
-        acks.report(2, Err(SendError("two".into())));
+        let error = |code, message: &str| SendError {
+            code: Some(code),
+            message: message.into(),
+            local: false,
+        };
+        acks.report(2, Err(error(RDKafkaErrorCode::MessageTimedOut, "two")));
         acks.report(0, Ok(()));
-        acks.report(1, Err(SendError("one".into())));
+        acks.report(1, Err(error(RDKafkaErrorCode::MessageSizeTooLarge, "one")));
         // Every send is reported, but more may join until it is sealed.
         let early = tokio::time::timeout(Duration::from_millis(50), acks.wait()).await;
         assert!(early.is_err(), "done before it was sealed");
         acks.seal();
         let failed = acks.wait().await;
-        let failed: Vec<(usize, String)> = failed.into_iter().map(|(i, e)| (i, e.0)).collect();
-        assert_eq!(failed, vec![(1, "one".into()), (2, "two".into())]);
+        let failed: Vec<(usize, String, bool)> = failed
+            .into_iter()
+            .map(|(i, e)| (i, e.message.clone(), e.is_permanent()))
+            .collect();
+        assert_eq!(
+            failed,
+            vec![(1, "one".into(), true), (2, "two".into(), false)]
+        );
+    }
+
+    #[test]
+    fn refusals_that_waiting_heals_are_told_from_those_it_never_will() {
+        use RDKafkaErrorCode as C;
+        let permanent = |code| SendError::from(KafkaError::MessageProduction(code)).is_permanent();
+        for code in [
+            C::MessageSizeTooLarge,
+            C::InvalidRecord,
+            C::InvalidMessage,
+            C::UnknownTopic,
+            C::UnknownTopicOrPartition,
+            C::TopicAuthorizationFailed,
+        ] {
+            assert!(permanent(code), "{code:?} is permanent");
+        }
+        for code in [
+            C::MessageTimedOut,
+            C::QueueFull,
+            C::LeaderNotAvailable,
+            C::NotLeaderForPartition,
+            C::BrokerNotAvailable,
+            C::RequestTimedOut,
+            C::NotEnoughReplicas,
+            C::NotEnoughReplicasAfterAppend,
+            C::ThrottlingQuotaExceeded,
+            C::AllBrokersDown,
+            C::BrokerTransportFailure,
+            C::PurgeQueue,
+        ] {
+            assert!(!permanent(code), "{code:?} is transient");
+        }
+        // Errors without a code are retried, never dropped.
+        assert!(!SendError::from(KafkaError::Canceled).is_permanent());
+        // A broker's size refusal may be its batch's; the producer's own is the record's.
+        let too_large = || KafkaError::MessageProduction(C::MessageSizeTooLarge);
+        assert!(SendError::from(too_large()).is_batch_size_refusal());
+        assert!(!SendError::local(too_large()).is_batch_size_refusal());
+        assert!(SendError::local(too_large()).is_permanent());
     }
 
     #[tokio::test]

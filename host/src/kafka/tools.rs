@@ -21,7 +21,11 @@ pub async fn produce_all(brokers: &str, records: &[Outgoing]) -> anyhow::Result<
         group: String::new(),
         properties: BTreeMap::new(),
         consumer_properties: BTreeMap::new(),
-        producer_properties: BTreeMap::from([("message.timeout.ms".into(), "30000".into())]),
+        producer_properties: BTreeMap::from([
+            ("message.timeout.ms".into(), "30000".into()),
+            // Tests produce records larger than a pipeline's producer takes.
+            ("message.max.bytes".into(), "10000000".into()),
+        ]),
     };
     let producer = Producer::new(&settings, "tools", Arc::new(NoEvents))?;
     // Groups keep the acknowledgements we hold bounded.
@@ -58,13 +62,67 @@ pub fn partitions(brokers: &str, topic: &str, timeout: Duration) -> anyhow::Resu
     Ok(t.partitions().iter().map(|p| p.id()).collect())
 }
 
-/// Reads `topic` from the beginning until `want` records arrived or
-/// nothing new came for `quiet` (after which it returns what it has), or
-/// `timeout` passed.
-pub fn read_topic(
+/// Reads `topic` from its beginning to its high watermark as of the call:
+/// every record it holds then, duplicates included, so a tally built from it
+/// sees extra records as well as missing ones. Fails when the end is not
+/// reached within `timeout` (never returns part of a topic as if whole).
+pub fn read_to_end(brokers: &str, topic: &str, timeout: Duration) -> anyhow::Result<Vec<Record>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "sandpiper-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("allow.auto.create.topics", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    // Per partition, the offset reading must reach.
+    let mut ends = BTreeMap::new();
+    for p in partitions(brokers, topic, Duration::from_secs(10))? {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .with_context(|| format!("reading the watermarks of {topic}/{p}"))?;
+        if high > low {
+            ends.insert(p, high);
+            tpl.add_partition_offset(topic, p, Offset::Offset(low))?;
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&tpl)?;
+    let started = Instant::now();
+    while !ends.is_empty() {
+        if started.elapsed() > timeout {
+            bail!(
+                "{topic} not read to its end within {timeout:?}: partitions {ends:?} short of their high watermarks"
+            );
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let record = to_record(&m);
+                if ends
+                    .get(&record.partition)
+                    .is_some_and(|end| record.offset + 1 >= *end)
+                {
+                    ends.remove(&record.partition);
+                }
+                out.push(record);
+            }
+            Some(Err(e)) => tracing::debug!(%e, "read_to_end"),
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Reads `topic` from the beginning until nothing new came for `quiet`, for
+/// brokers whose ListOffsets does not give a partition's end (Tansu): only
+/// once the writers have stopped is that the whole topic. Fails after
+/// `timeout`.
+pub fn read_until_quiet(
     brokers: &str,
     topic: &str,
-    want: usize,
     quiet: Duration,
     timeout: Duration,
 ) -> anyhow::Result<Vec<Record>> {
@@ -73,22 +131,25 @@ pub fn read_topic(
         .set("group.id", "sandpiper-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
+        .set("allow.auto.create.topics", "false")
         .create()?;
     let mut tpl = TopicPartitionList::new();
     for p in partitions(brokers, topic, Duration::from_secs(10))? {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
-    let started = Instant::now();
-    let mut last = Instant::now();
+    let (started, mut last) = (Instant::now(), Instant::now());
     let mut out = Vec::new();
-    while out.len() < want && started.elapsed() < timeout && last.elapsed() < quiet {
+    while last.elapsed() < quiet {
+        if started.elapsed() > timeout {
+            bail!("{topic} still delivering records after {timeout:?}");
+        }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 out.push(to_record(&m));
                 last = Instant::now();
             }
-            Some(Err(e)) => tracing::debug!(%e, "read_topic"),
+            Some(Err(e)) => tracing::debug!(%e, "read_until_quiet"),
             None => {}
         }
     }

@@ -56,6 +56,15 @@ fn cap_tail(s: &str, max: usize) -> &str {
     &s[cut..]
 }
 
+/// Removes the diagnostic headers (message, trap, backtrace, stderr) of a
+/// dead letter, keeping the original record, the kind and where it came
+/// from: the last try for a dead letter its topic refuses for good.
+pub fn strip_diagnostics(letter: &mut Outgoing) {
+    letter
+        .headers
+        .retain(|(k, _)| !matches!(k.as_str(), H_MESSAGE | H_TRAP | H_BACKTRACE | H_STDERR));
+}
+
 /// Where the pipeline's records go and how they are labelled.
 #[derive(Debug, Clone)]
 pub struct Labels {
@@ -195,6 +204,17 @@ mod tests {
         assert!(get(H_MESSAGE)[0].len() <= MAX_MESSAGE);
         assert!(get(H_STDERR)[0].len() <= MAX_STDERR);
         assert!(std::str::from_utf8(get(H_STDERR)[0]).is_ok());
+
+        let mut stripped = dl.clone();
+        strip_diagnostics(&mut stripped);
+        let names: Vec<&str> = stripped.headers.iter().map(|(k, _)| k.as_str()).collect();
+        for gone in [H_MESSAGE, H_TRAP, H_STDERR] {
+            assert!(!names.contains(&gone), "{gone} dropped: {names:?}");
+        }
+        for kept in ["x", H_KIND, H_TOPIC, H_PARTITION, H_OFFSET, H_PLUGIN] {
+            assert!(names.contains(&kept), "{kept} kept: {names:?}");
+        }
+        assert_eq!((stripped.key, stripped.value), (dl.key, dl.value));
     }
 
     #[test]

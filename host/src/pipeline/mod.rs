@@ -132,12 +132,7 @@ impl Shared {
                 if let Err(error) = handle.await
                     && error.is_panic()
                 {
-                    let panic = error.into_panic();
-                    let message = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".into());
+                    let message = crate::health::panic_message(&*error.into_panic());
                     health.set_fatal(format!("{what} panicked: {message}"));
                 }
             },

@@ -3,6 +3,12 @@
 //! waits for the broker's acknowledgements in the same order and only then
 //! stores the offset. The stored offset is therefore always the end of the
 //! contiguous prefix of finished records.
+//!
+//! A send the broker refuses is settled before anything after it is
+//! stored: retried while waiting may heal it, dead-lettered as
+//! `output-refused` when it never will, and, for a dead letter its topic
+//! refuses for good, the partition stops there and says so (liveness
+//! fails). No record is ever skipped, and no partition waits in silence.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -18,7 +24,8 @@ use crate::deploy::{Counts, VersionStats};
 use crate::health::{Done, PartitionProgress};
 use crate::kafka::{Acks, Outgoing, PartitionQueue, SendError};
 use crate::metrics::PartitionMetrics;
-use crate::record::{FailureKind, Outcome, Record};
+use crate::record::{Failure, FailureKind, Outcome, Record};
+use crate::runtime::PluginId;
 
 /// Records taken from the partition's buffer per plugin run (fewer when
 /// `max_unacked` is smaller), and handed to the acker together. Each batch
@@ -40,14 +47,31 @@ pub(super) fn batching(max_unacked: usize) -> (usize, usize) {
 /// Produce failures back off from here up to the pipeline's max backoff.
 const PRODUCE_BACKOFF: Duration = Duration::from_millis(100);
 
+/// How often a send refused by the broker for its size is sent again
+/// alone, after a jittered pause, before the refusal counts as the
+/// record's own. A broker judges record batches, so a small record batched
+/// with a too-large one is refused with it; alone, it goes through. On
+/// Apache Kafka, with two 300 KB outputs among small ones for a topic
+/// taking 100 KB, 34 innocent records were refused with them at first;
+/// sent alone twice without a pause, one was still caught by the other
+/// partition's big record being tried alone at the same moment.
+const SIZE_REFUSALS: u32 = 4;
+
+/// The pause before a send refused for its size is tried alone again
+/// (doubling, jittered): long enough for the too-large record it may have
+/// shared a batch with to be tried and dead-lettered meanwhile.
+const SIZE_REFUSAL_PAUSE: Duration = Duration::from_millis(50);
+
 /// One record's work, waiting for the broker.
 struct Pending {
     offset: i64,
     /// How many of the batch's sends are this record's (none when the
     /// plugin filtered it out).
     sends: usize,
-    /// For log lines: is this a dead letter?
-    dead_letter: bool,
+    /// The input record while its outputs await the broker (moved, not
+    /// copied): if the broker refuses one of them for good, the record is
+    /// dead-lettered instead. `None` when its send is its dead letter.
+    input: Option<Record>,
 }
 
 /// The records of one plugin batch, handed to the acker together: one
@@ -56,6 +80,8 @@ pub(super) struct Handed {
     records: Vec<Pending>,
     /// Every record's sends, in order, kept so they can be sent again.
     sends: Vec<Outgoing>,
+    /// The plugin version that made them (one plugin run per batch).
+    plugin: PluginId,
     /// Their delivery reports (or refusals), by index in `sends`.
     acks: Arc<Acks>,
     /// The batch's share of the partition's unacknowledged bytes, given
@@ -69,19 +95,23 @@ pub(super) struct Handed {
 struct Staged {
     records: Vec<Pending>,
     sends: Vec<Outgoing>,
+    /// The plugin version of the run these come from.
+    plugin: Option<PluginId>,
 }
 
 impl Staged {
+    /// A record's sends: its outputs (`input` is the record) or its dead
+    /// letter (`input` is `None`).
     fn push(
         &mut self,
         offset: i64,
-        dead_letter: bool,
+        input: Option<Record>,
         sends: impl ExactSizeIterator<Item = Outgoing>,
     ) {
         self.records.push(Pending {
             offset,
             sends: sends.len(),
-            dead_letter,
+            input,
         });
         self.sends.extend(sends);
     }
@@ -169,6 +199,7 @@ async fn run_batch(
         let result = shared.workers.run(queue, &part.cancel).await;
         queue = result.rest;
         let plugin = result.plugin;
+        staged.plugin = Some(plugin.id().clone());
         shared.versions.add(plugin.id(), tally(&result.done));
         // Once per batch: the counters are shared by every partition.
         let (succeeded, outputs) = successes(&result.done);
@@ -187,7 +218,7 @@ async fn run_batch(
                 Ok(outputs) => {
                     staged.push(
                         record.offset,
-                        false,
+                        Some(record),
                         shared.labels.outputs(outputs, plugin.id()),
                     );
                     attempts = 1;
@@ -244,7 +275,7 @@ async fn run_batch(
             part.metrics.dead_lettered.inc();
             staged.push(
                 record.offset,
-                true,
+                None,
                 std::iter::once(shared.labels.dead_letter(record, &failure, attempts)),
             );
             attempts = 1;
@@ -285,7 +316,17 @@ async fn hand_over(part: &Partition, staged: &mut Staged, acks: &mpsc::Sender<Ha
     if staged.records.is_empty() {
         return true;
     }
-    let bytes: usize = staged.sends.iter().map(Outgoing::size).sum();
+    let Some(plugin) = staged.plugin.clone() else {
+        unreachable!("records are staged only after a plugin run names its version");
+    };
+    // The inputs kept until their outputs are acknowledged count too.
+    let bytes: usize = staged.sends.iter().map(Outgoing::size).sum::<usize>()
+        + staged
+            .records
+            .iter()
+            .filter_map(|r| r.input.as_ref())
+            .map(Record::size)
+            .sum::<usize>();
     let budget = u32::try_from(bytes.min(part.shared.max_unacked_bytes)).unwrap_or(u32::MAX);
     // The semaphore is never closed.
     let Ok(permit) = part.unacked_bytes.clone().acquire_many_owned(budget).await else {
@@ -302,6 +343,7 @@ async fn hand_over(part: &Partition, staged: &mut Staged, acks: &mpsc::Sender<Ha
     acks.send(Handed {
         records: std::mem::take(&mut staged.records),
         sends: std::mem::take(&mut staged.sends),
+        plugin,
         acks: delivered,
         _bytes: permit,
     })
@@ -317,11 +359,11 @@ async fn sleep_or_cancel(cancel: &CancellationToken, delay: Duration) -> bool {
     }
 }
 
-/// Waits for each batch's delivery reports, re-sends what failed in order
-/// (with backoff, until the broker takes it), and stores the offset of the
+/// Waits for each batch's delivery reports and stores the offset of the
 /// batch's last record once all its sends are acknowledged (librdkafka's
 /// offset store costs a topic lookup and a lock per call, so not per
-/// record).
+/// record). A record with failed sends is settled first ([`settle`]), in
+/// order: nothing after it is stored until it is.
 pub(super) async fn acker(part: Arc<Partition>, mut rx: mpsc::Receiver<Handed>, done: Arc<Done>) {
     'batches: while let Some(handed) = rx.recv().await {
         // `_bytes` holds the batch's share of the budget until its sends
@@ -329,31 +371,31 @@ pub(super) async fn acker(part: Arc<Partition>, mut rx: mpsc::Receiver<Handed>, 
         let Handed {
             records,
             sends,
+            plugin,
             acks,
             _bytes,
         } = handed;
         let mut failed = acks.wait().await.into_iter().peekable();
-        let mut sends = sends.iter().enumerate();
+        let mut sends = sends.into_iter().enumerate();
         // The last record of this batch whose sends are all acknowledged.
         let mut finished = None;
-        for Pending {
-            offset,
-            sends: n,
-            dead_letter,
-        } in records
-        {
-            for (index, record) in sends.by_ref().take(n) {
-                let Some((_, error)) = failed.next_if(|(i, _)| *i == index) else {
-                    continue;
-                };
-                let sent = Sent {
-                    offset,
-                    dead_letter,
-                    record,
-                };
-                if !redeliver(&part, sent, error, &mut finished).await {
-                    store(&part, finished);
-                    break 'batches;
+        for pending in records {
+            let offset = pending.offset;
+            let refused: Vec<Refused> = sends
+                .by_ref()
+                .take(pending.sends)
+                .enumerate()
+                .filter_map(|(nth, (index, record))| {
+                    let (_, error) = failed.next_if(|(i, _)| *i == index)?;
+                    Some(Refused { nth, record, error })
+                })
+                .collect();
+            if !refused.is_empty() {
+                // A stuck partition keeps what it finished.
+                store(&part, finished.take());
+                match settle(&part, pending, refused, &plugin).await {
+                    Settled::Delivered => {}
+                    Settled::Cancelled | Settled::Stopped => break 'batches,
                 }
             }
             finished = Some(offset);
@@ -363,29 +405,140 @@ pub(super) async fn acker(part: Arc<Partition>, mut rx: mpsc::Receiver<Handed>, 
     done.set();
 }
 
-/// Re-sends a send that failed with `error`, with backoff, until the broker
-/// takes it. First stores `finished` (so a stuck partition keeps what it
-/// finished). False when cancelled first.
-async fn redeliver(
+/// A send the broker did not acknowledge.
+struct Refused {
+    /// Which of its record's sends it is (0-based).
+    nth: usize,
+    record: Outgoing,
+    error: SendError,
+}
+
+/// How [`settle`] ended.
+enum Settled {
+    /// Every send of the record, or its dead letter, is acknowledged.
+    Delivered,
+    /// The partition was revoked or the host is stopping.
+    Cancelled,
+    /// Its dead letter was refused for good: the partition stops here.
+    Stopped,
+}
+
+/// Finishes a record some of whose sends failed. What waiting may heal (a
+/// broker away, a timeout...) is sent again, with backoff, for as long as
+/// it takes. An output refused for good (too large, invalid, unknown
+/// topic...) dead-letters the record as `output-refused` instead: its
+/// other outputs already acknowledged stand (at-least-once, and the dead
+/// letter says how many), the others are not sent again. A dead letter
+/// refused for good is sent once more without its diagnostic headers; if
+/// the record itself cannot be written, the partition stops here, loudly
+/// (liveness fails, so the process exits for its supervisor): a record is
+/// never skipped.
+async fn settle(
     part: &Partition,
-    sent: Sent<'_>,
-    mut error: SendError,
-    finished: &mut Option<i64>,
-) -> bool {
-    let Sent {
-        offset,
-        dead_letter,
-        record,
-    } = sent;
+    pending: Pending,
+    mut refused: Vec<Refused>,
+    plugin: &PluginId,
+) -> Settled {
     let shared = &part.shared;
-    store(part, finished.take());
+    let Pending {
+        offset,
+        sends: outputs,
+        mut input,
+    } = pending;
     let mut failures: u32 = 0;
+    let mut stripped = false;
+    // Size refusals of this record's sends, sent alone after each.
+    let mut alone: u32 = 0;
     loop {
+        if refused.is_empty() {
+            if failures > 0 {
+                part.progress.set_blocked(None);
+                tracing::info!(pipeline = %shared.name, topic = %part.topic, partition = part.partition,
+                    offset, failures, "Produce recovered.");
+            }
+            return Settled::Delivered;
+        }
+        if let Some(i) = refused.iter().position(|r| r.error.is_permanent()) {
+            if refused[i].error.is_batch_size_refusal() && alone < SIZE_REFUSALS {
+                // Perhaps another record's: the broker refuses whole
+                // batches. Sent alone, one after the other, a send that
+                // fits goes through.
+                alone += 1;
+                tracing::debug!(pipeline = %shared.name, topic = %part.topic, partition = part.partition,
+                    offset, alone, error = %refused[i].error, "A batch was refused for its size; sending the record's refused sends alone.");
+                let pause = backoff::delay(alone, SIZE_REFUSAL_PAUSE, Duration::from_secs(1));
+                if !sleep_or_cancel(&part.cancel, pause).await {
+                    return Settled::Cancelled;
+                }
+                let again = refused.into_iter().map(|r| (r.nth, r.record)).collect();
+                refused = send_alone(part, again).await;
+                continue;
+            }
+            let Refused { nth, record, error } = refused.swap_remove(i);
+            if let Some(input) = input.take() {
+                let produced = outputs - refused.len() - 1;
+                let failure = Failure::new(
+                    FailureKind::OutputRefused,
+                    format!(
+                        "output {} of {outputs} to topic {} ({} bytes) was refused for good: {}: {error}; \
+                         {produced} other outputs of this record were produced and stand (at-least-once)",
+                        nth + 1,
+                        record.topic,
+                        record.size(),
+                        error.code_name(),
+                    ),
+                    plugin.clone(),
+                );
+                shared.metrics.failed(failure.kind);
+                shared.counters.failed(failure.kind);
+                shared
+                    .counters
+                    .dead_lettered
+                    .fetch_add(1, Ordering::Relaxed);
+                part.metrics.dead_lettered.inc();
+                if let Some(suppressed) = shared.logs.check(failure.kind.as_str()) {
+                    tracing::warn!(pipeline = %shared.name, topic = %part.topic, partition = part.partition,
+                        offset, plugin = %plugin, kind = %failure.kind, suppressed,
+                        "Record failed: {}; dead-lettering it.", failure.message);
+                }
+                let letter = shared.labels.dead_letter(input, &failure, 1);
+                refused = send_again(part, vec![(0, letter)]).await;
+                continue;
+            }
+            if !stripped {
+                stripped = true;
+                tracing::warn!(pipeline = %shared.name, topic = %part.topic, partition = part.partition,
+                    offset, dead_letter_topic = %record.topic, code = %error.code_name(), %error,
+                    "The dead-letter topic refused a dead letter for good; sending it once more without its diagnostic headers.");
+                let mut letter = record;
+                super::deadletter::strip_diagnostics(&mut letter);
+                refused = send_again(part, vec![(nth, letter)]).await;
+                continue;
+            }
+            let reason = format!(
+                "stopped at offset {offset}: its dead letter ({} bytes) was refused for good by topic {}, \
+                 even without its diagnostic headers: {}: {error}; nothing after it is committed; \
+                 let the topic take it (for example raise its max.message.bytes) and restart",
+                record.size(),
+                record.topic,
+                error.code_name(),
+            );
+            tracing::error!(pipeline = %shared.name, topic = %part.topic, partition = part.partition,
+                offset, "Partition {}/{} {reason}.", part.topic, part.partition);
+            part.progress.set_stopped(reason);
+            shared.metrics.partitions_stopped.inc();
+            return Settled::Stopped;
+        }
         failures += 1;
-        let what = if dead_letter { "dead letter" } else { "output" };
+        let first = &refused[0];
+        let what = if input.is_some() {
+            "output"
+        } else {
+            "dead letter"
+        };
         let reason = format!(
-            "producing the {what} of offset {} to {} failed: {error}",
-            offset, record.topic
+            "producing the {what} of offset {offset} to {} failed: {}",
+            first.record.topic, first.error
         );
         part.progress.set_blocked(Some(reason.clone()));
         if let Some(suppressed) = shared
@@ -403,33 +556,46 @@ async fn redeliver(
             Duration::from_millis(shared.retry.max_backoff_ms),
         );
         if !sleep_or_cancel(&part.cancel, delay).await {
-            return false;
+            return Settled::Cancelled;
         }
-        let result = match shared.producer.send(record).await {
-            Ok(delivery) => delivery.await,
-            Err(error) => Err(error),
-        };
-        match result {
-            Ok(()) => break,
-            Err(again) => error = again,
-        }
+        let again = refused.into_iter().map(|r| (r.nth, r.record)).collect();
+        refused = send_again(part, again).await;
     }
-    part.progress.set_blocked(None);
-    tracing::info!(pipeline = %shared.name, topic = %part.topic, partition = part.partition,
-        offset, failures, "Produce recovered.");
-    true
 }
 
-/// One send of a record, as the acker sees it.
-#[derive(Clone, Copy)]
-struct Sent<'a> {
-    offset: i64,
-    dead_letter: bool,
-    record: &'a Outgoing,
+/// Sends `records` one at a time, each once the previous one is reported,
+/// so that none shares a batch with another of them; returns the failed.
+async fn send_alone(part: &Partition, records: Vec<(usize, Outgoing)>) -> Vec<Refused> {
+    let mut refused = Vec::new();
+    for record in records {
+        refused.extend(send_again(part, vec![record]).await);
+    }
+    refused
+}
+
+/// Sends `records` (each with its place among its record's sends) and
+/// returns the ones that failed.
+async fn send_again(part: &Partition, records: Vec<(usize, Outgoing)>) -> Vec<Refused> {
+    let acks = Acks::new();
+    for (index, (_, record)) in records.iter().enumerate() {
+        part.shared.producer.send_to(record, &acks, index).await;
+    }
+    acks.seal();
+    let mut failed = acks.wait().await.into_iter().peekable();
+    records
+        .into_iter()
+        .enumerate()
+        .filter_map(|(index, (nth, record))| {
+            let (_, error) = failed.next_if(|(i, _)| *i == index)?;
+            Some(Refused { nth, record, error })
+        })
+        .collect()
 }
 
 /// Stores `offset` (a record whose results are all acknowledged, and with
-/// it every earlier one) for the next commit.
+/// it every earlier one) for the next commit. Progress is reported only
+/// when the store succeeded: a partition whose offsets cannot be stored
+/// has not moved, and its stall clock says so.
 fn store(part: &Partition, offset: Option<i64>) {
     let Some(offset) = offset else { return };
     let shared = &part.shared;
@@ -440,9 +606,19 @@ fn store(part: &Partition, offset: Option<i64>) {
         .consumer()
         .store_offset(&part.topic, part.partition, offset)
     {
-        // Only when the partition was revoked meanwhile: its next owner
-        // starts from the last commit and may repeat a few records.
-        tracing::debug!(pipeline = %shared.name, topic = %part.topic, partition = part.partition, %error, "Offset not stored.");
+        shared.metrics.offset_store_failures.inc();
+        if let Some(suppressed) = shared
+            .logs
+            .check(&format!("store:{}:{}", part.topic, part.partition))
+        {
+            // Usually the partition was revoked meanwhile: its next owner
+            // starts from the last commit and repeats the records since.
+            let revoked = part.cancel.is_cancelled();
+            tracing::warn!(pipeline = %shared.name, topic = %part.topic, partition = part.partition,
+                offset, %error, revoked, suppressed,
+                "Offset not stored; the records since the last commit will be handled again after a restart or rebalance.");
+        }
+        return;
     }
     part.progress.completed(offset);
 }

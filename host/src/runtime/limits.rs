@@ -49,8 +49,23 @@ const fn default_memory_mb() -> u32 {
 const fn default_max_outputs() -> u32 {
     1_000
 }
+/// librdkafka's default `message.max.bytes`: the largest record the
+/// producer takes (key, value and headers).
+pub const DEFAULT_MESSAGE_MAX_BYTES: u64 = 1_000_000;
+
+/// Bytes of a produced record kept for the headers Sandpiper adds to an
+/// output (`sandpiper.plugin`), so outputs within `max_output_bytes`
+/// always fit the producer's `message.max.bytes`.
+pub const OUTPUT_HEADROOM: u64 = 1024;
+
+/// The largest `max_output_bytes` a producer with `message_max_bytes`
+/// accepts every output of (and the default, derived from it).
+pub const fn max_output_bytes_for(message_max_bytes: u64) -> u64 {
+    message_max_bytes.saturating_sub(OUTPUT_HEADROOM)
+}
+
 const fn default_max_output_bytes() -> u64 {
-    16 << 20
+    max_output_bytes_for(DEFAULT_MESSAGE_MAX_BYTES)
 }
 const fn default_stdio_tail_bytes() -> u32 {
     4 * 1024

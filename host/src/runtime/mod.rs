@@ -17,7 +17,7 @@
 mod engine;
 mod host;
 mod instance;
-mod limits;
+pub mod limits;
 mod plugin;
 mod stdio;
 
