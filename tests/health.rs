@@ -2,24 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::http::get;
+use crate::support::http::{get, wait_status};
 use crate::support::kafka::Env;
 use sandpiper::app::App;
-
-async fn wait_status(addr: std::net::SocketAddr, path: &str, want: u16) -> serde_json::Value {
-    let started = Instant::now();
-    loop {
-        let (status, body) = get(addr, path).await;
-        if status == want {
-            return body;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{path} stayed {status}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readiness_follows_the_broker_and_liveness_stays_up() {

@@ -7,27 +7,12 @@ use std::time::{Duration, Instant};
 use sandpiper::app::App;
 use sandpiper::pipeline::deadletter as dl;
 
-use crate::support::http::{get, get_text};
+use crate::support::http::{get, get_text, wait_status};
 use crate::support::kafka::{Env, config_text, header_str, tally, wait_committed};
 use crate::support::process::HostProcess;
 use crate::support::tansu::free_port;
 
 const WAIT: Duration = Duration::from_secs(90);
-
-async fn wait_status(addr: std::net::SocketAddr, path: &str, want: u16) -> serde_json::Value {
-    let started = Instant::now();
-    loop {
-        let (status, body) = get(addr, path).await;
-        if status == want {
-            return body;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "{path} stayed {status}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// The incident: a plugin returns an output the broker refuses
 /// (`MESSAGE_TOO_LARGE`). Retrying could never succeed; the record is
@@ -107,7 +92,11 @@ async fn an_output_refused_with_its_batch_goes_through_alone() {
     app.stop().await;
     let t = tally(&inputs, &outputs, &dead);
     assert!(t.missing.is_empty(), "{t:?}");
-    assert_eq!((t.outputs, t.dead_letters, t.duplicates), (20, 0, 0), "{t:?}");
+    assert_eq!(
+        (t.outputs, t.dead_letters, t.duplicates),
+        (20, 0, 0),
+        "{t:?}"
+    );
 }
 
 /// A dead letter its topic refuses for good (here larger than the

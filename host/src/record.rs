@@ -13,6 +13,11 @@ use crate::runtime::PluginId;
 /// Kafka headers in order, values as raw bytes (names may repeat).
 pub type Headers = Vec<(String, Vec<u8>)>;
 
+/// Bytes of `headers`' names and values.
+pub fn headers_size(headers: &Headers) -> usize {
+    headers.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
 /// One consumed record, owned, as handed to a plugin.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Record {
@@ -31,11 +36,7 @@ impl Record {
     pub fn size(&self) -> usize {
         self.key.as_ref().map_or(0, Vec::len)
             + self.value.as_ref().map_or(0, Vec::len)
-            + self
-                .headers
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>()
+            + headers_size(&self.headers)
     }
 }
 
@@ -55,11 +56,7 @@ impl Output {
         self.key.as_ref().map_or(0, Vec::len)
             + self.value.as_ref().map_or(0, Vec::len)
             + self.topic.as_ref().map_or(0, String::len)
-            + self
-                .headers
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>()
+            + headers_size(&self.headers)
     }
 }
 

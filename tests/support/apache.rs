@@ -505,10 +505,7 @@ impl Cluster {
         replication: i32,
         configs: &[(&str, &str)],
     ) {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", self.live_bootstrap())
-            .create()
-            .expect("admin client");
+        let admin = self.admin();
         let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
         for (k, v) in configs {
             topic = topic.set(k, v);
@@ -516,12 +513,7 @@ impl Cluster {
         let options = AdminOptions::new()
             .operation_timeout(Some(Duration::from_secs(30)))
             .request_timeout(Some(Duration::from_secs(30)));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime for the admin client");
-        let results = runtime
-            .block_on(admin.create_topics([&topic], &options))
+        let results = block_on(admin.create_topics([&topic], &options))
             .unwrap_or_else(|e| panic!("creating topic {name}: {e}"));
         for result in results {
             if let Err((topic, code)) = result {
@@ -547,21 +539,13 @@ impl Cluster {
     /// `max.message.bytes`). Incremental in effect: AlterConfigs replaces
     /// the topic's dynamic configs, and the tests' topics have no others.
     pub fn alter_topic_config(&self, name: &str, configs: &[(&str, &str)]) {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", self.live_bootstrap())
-            .create()
-            .expect("admin client");
+        let admin = self.admin();
         let mut alter = AlterConfig::new(ResourceSpecifier::Topic(name));
         for (k, v) in configs {
             alter = alter.set(k, v);
         }
         let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime for the admin client");
-        let results = runtime
-            .block_on(admin.alter_configs([&alter], &options))
+        let results = block_on(admin.alter_configs([&alter], &options))
             .unwrap_or_else(|e| panic!("altering topic {name}: {e}"));
         for result in results {
             if let Err((resource, code)) = result {
@@ -570,10 +554,27 @@ impl Cluster {
         }
     }
 
+    /// An admin client on the live nodes.
+    fn admin(&self) -> AdminClient<DefaultClientContext> {
+        ClientConfig::new()
+            .set("bootstrap.servers", self.live_bootstrap())
+            .create()
+            .expect("admin client")
+    }
+
     /// The last lines of node `node`'s log, for failure messages.
     pub fn log_tail(&self, node: usize) -> String {
         self.nodes[node].log_tail()
     }
+}
+
+/// Runs an admin request to its end (the tests here are blocking).
+fn block_on<F: std::future::Future>(request: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for the admin client")
+        .block_on(request)
 }
 
 impl Drop for Cluster {

@@ -282,6 +282,18 @@ pub fn partitions(consumer: &BaseConsumer, topic: &str) -> Vec<i32> {
     t.partitions().iter().map(|p| p.id()).collect()
 }
 
+/// A consumer that reads what it is assigned, without a group's commits.
+fn reader(brokers: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "sandpiper-test-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .expect("test reader")
+}
+
 /// After the reader has everything it waits for, how long it goes on
 /// reading for late copies (duplicates).
 const LINGER: Duration = Duration::from_secs(2);
@@ -294,14 +306,7 @@ const LINGER: Duration = Duration::from_secs(2);
 /// Tansu's end offsets (ListOffsets) are not usable, so "the end" is
 /// "nothing more arrives" here; the host is stopped before a final read.
 pub fn scan(brokers: &str, topics: &[&str], quiet: Duration, mut visit: impl FnMut(Rec) -> bool) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "sandpiper-test-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("allow.auto.create.topics", "false")
-        .create()
-        .expect("test reader");
+    let consumer = reader(brokers);
     let mut tpl = TopicPartitionList::new();
     for topic in topics {
         for p in partitions(&consumer, topic) {
@@ -383,14 +388,7 @@ pub fn key_counts(
 /// broker whose ListOffsets gives a partition's end: Apache Kafka, the
 /// mock cluster; not Tansu, see [`key_counts`]). Extra copies count.
 pub fn key_counts_to_end(brokers: &str, topics: &[&str]) -> Vec<HashMap<Vec<u8>, u32>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "sandpiper-test-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("allow.auto.create.topics", "false")
-        .create()
-        .expect("test reader");
+    let consumer = reader(brokers);
     let mut tpl = TopicPartitionList::new();
     let mut ends = BTreeMap::new();
     for topic in topics {

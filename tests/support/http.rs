@@ -41,6 +41,22 @@ pub async fn get(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
     request(addr, "GET", path, None, b"").await
 }
 
+/// Polls `GET path` until it answers `want` (60 s at most); returns the body.
+pub async fn wait_status(addr: SocketAddr, path: &str, want: u16) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    loop {
+        let (status, body) = get(addr, path).await;
+        if status == want {
+            return body;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "{path} stayed {status}: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// The raw body of a GET (for non-JSON endpoints such as `/metrics`).
 pub async fn get_text(addr: SocketAddr, path: &str) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");

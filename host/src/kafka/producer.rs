@@ -49,11 +49,7 @@ impl Outgoing {
     pub fn size(&self) -> usize {
         self.key.as_ref().map_or(0, Vec::len)
             + self.value.as_ref().map_or(0, Vec::len)
-            + self
-                .headers
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>()
+            + crate::record::headers_size(&self.headers)
             + self
                 .mark
                 .as_ref()

@@ -62,18 +62,23 @@ pub fn partitions(brokers: &str, topic: &str, timeout: Duration) -> anyhow::Resu
     Ok(t.partitions().iter().map(|p| p.id()).collect())
 }
 
-/// Reads `topic` from its beginning to its high watermark as of the call:
-/// every record it holds then, duplicates included, so a tally built from it
-/// sees extra records as well as missing ones. Fails when the end is not
-/// reached within `timeout` (never returns part of a topic as if whole).
-pub fn read_to_end(brokers: &str, topic: &str, timeout: Duration) -> anyhow::Result<Vec<Record>> {
-    let consumer: BaseConsumer = ClientConfig::new()
+/// A consumer that reads what it is assigned, without a group's commits.
+fn reader(brokers: &str) -> anyhow::Result<BaseConsumer> {
+    Ok(ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "sandpiper-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .set("allow.auto.create.topics", "false")
-        .create()?;
+        .create()?)
+}
+
+/// Reads `topic` from its beginning to its high watermark as of the call:
+/// every record it holds then, duplicates included, so a tally built from it
+/// sees extra records as well as missing ones. Fails when the end is not
+/// reached within `timeout` (never returns part of a topic as if whole).
+pub fn read_to_end(brokers: &str, topic: &str, timeout: Duration) -> anyhow::Result<Vec<Record>> {
+    let consumer = reader(brokers)?;
     let mut tpl = TopicPartitionList::new();
     // Per partition, the offset reading must reach.
     let mut ends = BTreeMap::new();
@@ -126,13 +131,7 @@ pub fn read_until_quiet(
     quiet: Duration,
     timeout: Duration,
 ) -> anyhow::Result<Vec<Record>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "sandpiper-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("allow.auto.create.topics", "false")
-        .create()?;
+    let consumer = reader(brokers)?;
     let mut tpl = TopicPartitionList::new();
     for p in partitions(brokers, topic, Duration::from_secs(10))? {
         tpl.add_partition_offset(topic, p, Offset::Beginning)?;
