@@ -675,6 +675,29 @@ impl Config {
                 ),
             ));
         }
+        let consumer = || {
+            self.kafka
+                .properties
+                .iter()
+                .chain(&self.kafka.consumer_properties)
+        };
+        if crate::kafka::is_next_gen_group(consumer())
+            && let Some((key, value)) =
+                consumer().find(|(k, _)| crate::kafka::CLASSIC_GROUP_ONLY.contains(&k.as_str()))
+        {
+            let section = if self.kafka.consumer_properties.contains_key(key) {
+                "kafka.consumer_properties"
+            } else {
+                "kafka.properties"
+            };
+            return Err(invalid(
+                find_line(&format!("\"{key}\""), ""),
+                &format!("{section}.\"{key}\""),
+                &format!("\"{value}\""),
+                "a setting of the classic group protocol: with \"group.protocol\" = \"consumer\" \
+                     (KIP-848) the broker assigns partitions and keeps sessions; remove it",
+            ));
+        }
         if self.kafka.properties.contains_key("group.id") {
             return Err(invalid(
                 find_line("\"group.id\"", ""),
@@ -825,6 +848,25 @@ listen = "127.0.0.1:9464"
         let e = err(&bad);
         assert!(
             e.contains("kafka.properties.\"message.max.bytes\"") && e.contains("line 6"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_consumer_protocol_refuses_the_classic_protocols_settings() {
+        let next_gen = GOOD.replace(
+            "[kafka.properties]",
+            "[kafka.consumer_properties]\n\"group.protocol\" = \"consumer\"\n[kafka.properties]",
+        );
+        Config::parse("test.toml", &next_gen).expect("valid");
+        let e = err(&next_gen.replace(
+            "\"group.protocol\" = \"consumer\"",
+            "\"group.protocol\" = \"consumer\"\n\"session.timeout.ms\" = \"6000\"",
+        ));
+        assert!(
+            e.contains("line 7")
+                && e.contains("kafka.consumer_properties.\"session.timeout.ms\"")
+                && e.contains("KIP-848"),
             "{e}"
         );
     }

@@ -46,11 +46,17 @@ pub struct ClientSettings {
 }
 
 impl ClientSettings {
+    /// Whether the group uses the consumer protocol of KIP-848
+    /// (`group.protocol=consumer`): the broker assigns partitions and keeps
+    /// the member's session, so the classic protocol's settings are refused.
+    fn next_gen_group(&self) -> bool {
+        is_next_gen_group(self.properties.iter().chain(&self.consumer_properties))
+    }
+
     fn consumer_config(&self) -> rdkafka::ClientConfig {
         let mut c = rdkafka::ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
             .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "cooperative-sticky")
             .set("auto.commit.interval.ms", "1000")
             // Bounded prefetch, per partition (each has its own queue, and
             // both settings then apply per partition): this many KiB, or
@@ -63,6 +69,12 @@ impl ClientSettings {
             // partition idled a second per queue's worth of records.
             .set("fetch.queue.backoff.ms", "20")
             .set("statistics.interval.ms", "5000");
+        let next_gen = self.next_gen_group();
+        if !next_gen {
+            // Incremental rebalances: a joining host takes partitions from
+            // the others without stopping the ones they keep.
+            c.set("partition.assignment.strategy", "cooperative-sticky");
+        }
         for (k, v) in self.properties.iter().chain(&self.consumer_properties) {
             c.set(k, v);
         }
@@ -90,6 +102,19 @@ impl ClientSettings {
             .set("allow.auto.create.topics", "false");
         c
     }
+}
+
+/// Consumer settings of the classic group protocol only: librdkafka
+/// refuses them under KIP-848, where the broker's group settings apply.
+pub const CLASSIC_GROUP_ONLY: [&str; 3] = [
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+];
+
+/// Whether these consumer settings choose KIP-848's consumer protocol.
+pub fn is_next_gen_group<'a>(mut settings: impl Iterator<Item = (&'a String, &'a String)>) -> bool {
+    settings.any(|(k, v)| k == "group.protocol" && v.trim().eq_ignore_ascii_case("consumer"))
 }
 
 /// Converts a consumed message into the project's record.
