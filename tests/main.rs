@@ -30,6 +30,9 @@ mod soak;
 /// The host on Apache Kafka, the reference broker: tallies, a node killed, refusals by size.
 mod apache;
 
+/// Incident 2 on Apache Kafka: a broker lost under replication 1; replicated topics through a rolling restart.
+mod incident;
+
 /// `sandpiper dlq inspect` and `replay`: counts, re-drives, loop guard, resuming.
 mod dlq;
 
