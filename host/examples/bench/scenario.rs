@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::native::{Native, Transform};
 
 /// librdkafka settings both contenders run with: Sandpiper's own defaults
-/// (`host/src/kafka/mod.rs`) and short group timeouts: Tansu holds a join
+/// (`crates/kafka/src/lib.rs`) and short group timeouts: Tansu holds a join
 /// for the whole rebalance timeout (23 s at the defaults, 3 s here). The
 /// fetch wait depends on the broker: see [`Phase::fetch_wait_ms`].
 pub const CONSUMER_PROPERTIES: &[(&str, &str)] = &[

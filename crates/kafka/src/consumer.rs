@@ -11,7 +11,7 @@ use rdkafka::error::KafkaError;
 
 use super::context::{ClientEvents, Context, RebalanceListener};
 use super::{ClientSettings, to_record};
-use crate::record::Record;
+use sandpiper_core::record::Record;
 
 /// One consumer for the life of a pipeline.
 #[derive(Clone)]

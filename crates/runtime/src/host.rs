@@ -17,10 +17,10 @@ use super::PluginId;
 use super::instance::Arm;
 use super::limits::Limits;
 use super::stdio::TailBuffer;
-use crate::record::Outcome;
+use sandpiper_core::record::Outcome;
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "../../wit",
     world: "processor",
 });
 
@@ -29,7 +29,7 @@ wasmtime::component::bindgen!({
 /// store's deadline and fuel, which a generated import cannot reach.
 pub(crate) mod batch_world {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../../wit",
         world: "batch-processor",
         with: {
             "sandpiper:plugin/types": super::sandpiper::plugin::types,

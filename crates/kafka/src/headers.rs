@@ -8,7 +8,7 @@
 use rdkafka::bindings as rdsys;
 use rdkafka::message::BorrowedMessage;
 
-use crate::record::Headers;
+use sandpiper_core::record::Headers;
 
 /// The message's headers in order. Names that are not UTF-8 are converted
 /// with U+FFFD replacements; a null value becomes empty (the plugin contract

@@ -13,7 +13,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::TopicPartitionList;
 
-use crate::ratelimit::LogLimiter;
+use sandpiper_core::ratelimit::LogLimiter;
 
 /// What the pipeline does when partitions come and go.
 pub trait RebalanceListener: Send + Sync {

@@ -1,8 +1,9 @@
 //! The sandboxed Wasm runtime: one engine, plugins compiled once, instances
 //! that turn every guest fault into a typed failure of one record.
 //!
-//! Wasmtime types stay inside this module. The rest of the host sees
-//! [`Runtime`], [`Plugin`], [`Instance`] and the project's record types.
+//! Wasmtime types stay inside this crate, which knows nothing of Kafka. The
+//! host sees [`Runtime`], [`Plugin`], [`Instance`] and the record types of
+//! `sandpiper-core`.
 //!
 //! # Layout
 //! - `engine`: the process-wide engine, its pool and epoch ticker.
@@ -30,7 +31,8 @@ use wasmtime::component::Linker;
 pub use engine::EngineSettings;
 pub use instance::Instance;
 pub use limits::{Isolation, Limits, PluginSettings, Recycle};
-pub use plugin::{MAX_PLUGIN_BYTES, Plugin, PluginError, PluginId, PluginInfo, name_from_path};
+pub use plugin::{MAX_PLUGIN_BYTES, Plugin, PluginError, PluginInfo, name_from_path};
+pub use sandpiper_core::PluginId;
 
 use host::HostState;
 

@@ -31,7 +31,7 @@ pub use consumer::{Consumer, PartitionQueue};
 pub use context::{BrokerStats, ClientEvents, NoEvents, PartitionStats, RebalanceListener};
 pub use producer::{Acks, Delivery, Mark, Outgoing, Producer, SendError};
 
-use crate::record::Record;
+use sandpiper_core::record::Record;
 
 /// librdkafka settings for one pipeline's clients: our defaults, then the
 /// user's `[kafka.properties]` (which win), then the ones we must own.

@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{Acks, ClientSettings, NoEvents, Outgoing, Producer, to_record};
-use crate::record::Record;
+use sandpiper_core::record::Record;
 
 /// Produces `records` and waits for every acknowledgement, with the
 /// pipeline's own producer settings (idempotent, `acks=all`).

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 
 use super::ClientSettings;
 use super::context::{ClientEvents, Context};
-use crate::record::Headers;
+use sandpiper_core::record::Headers;
 
 /// A record to produce, owned so it can be sent again after a failure.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -49,7 +49,7 @@ impl Outgoing {
     pub fn size(&self) -> usize {
         self.key.as_ref().map_or(0, Vec::len)
             + self.value.as_ref().map_or(0, Vec::len)
-            + crate::record::headers_size(&self.headers)
+            + sandpiper_core::record::headers_size(&self.headers)
             + self
                 .mark
                 .as_ref()

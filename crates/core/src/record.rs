@@ -1,14 +1,14 @@
 //! The project's own record and outcome types.
 //!
-//! Everything outside `runtime/` and `kafka/` speaks in these types: the
-//! pipeline hands a [`Record`] to a plugin instance and gets an [`Outcome`]
-//! back. Wasmtime and rdkafka types never leak past those modules.
+//! Everything outside the runtime and Kafka crates speaks in these types:
+//! the pipeline hands a [`Record`] to a plugin instance and gets an
+//! [`Outcome`] back. Wasmtime and rdkafka types never leak past those crates.
 
 use std::fmt;
 
 use serde::Serialize;
 
-use crate::runtime::PluginId;
+use crate::PluginId;
 
 /// Kafka headers in order, values as raw bytes (names may repeat).
 pub type Headers = Vec<(String, Vec<u8>)>;

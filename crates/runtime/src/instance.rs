@@ -17,7 +17,7 @@ use super::EngineSettings;
 use super::host::{BatchCall, Bindings, HostState, Message, RecordContext, WitFailure, WitOutput};
 use super::limits::{Isolation, Limits};
 use super::{Plugin, PluginId};
-use crate::record::{Failure, FailureKind, Outcome, Output, Record};
+use sandpiper_core::record::{Failure, FailureKind, Outcome, Output, Record};
 
 /// Records per `handle-batch` call, at most: a whole batch of the
 /// pipeline's (`pipeline::partition::BATCH`) in one call.

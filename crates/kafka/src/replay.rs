@@ -16,7 +16,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
 use super::{ClientSettings, to_record};
-use crate::record::Record;
+use sandpiper_core::record::Record;
 
 /// Where a reader starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
