@@ -198,7 +198,15 @@ fn an_output_larger_than_its_topic_takes_is_dead_lettered_and_the_partition_goes
 
     let dir = tempfile::tempdir().expect("temp dir");
     let topics = [input.as_str(), output.as_str(), dlq.as_str()];
-    let (mut host, _, _) = start_host(&cluster, dir.path(), &group, topics, "chaos", "");
+    let (mut host, config, _) = start_host(&cluster, dir.path(), &group, topics, "chaos", "");
+    // `sandpiper check` predicts it from the topic's config.
+    let report = check(&config);
+    assert!(
+        report.contains(&format!(
+            "output topic {output} takes records of at most 100000 bytes (max.message.bytes), below limits.max_output_bytes (998976)"
+        )),
+        "{report}"
+    );
     client::wait_committed(&cluster.bootstrap(), &group, &input, &ends, WAIT, || {
         host.assert_running();
     });
@@ -302,6 +310,13 @@ fn a_dead_letter_topic_too_small_for_an_input_stops_its_partition_until_fixed() 
         "the other partition went on: {committed:?}"
     );
 
+    let report = check(&config);
+    assert!(
+        report.contains(&format!(
+            "dead-letter topic {dlq} takes records of at most 50000 bytes, less than input topic {input}'s"
+        )),
+        "`sandpiper check` saw it coming: {report}"
+    );
     // The operator's fix; the supervisor's restart.
     cluster.alter_topic_config(&dlq, &[("max.message.bytes", "1048588")]);
     let mut host = HostProcess::start(&config, &dir.path().join("host.log"), admin);
@@ -315,4 +330,15 @@ fn a_dead_letter_topic_too_small_for_an_input_stops_its_partition_until_fixed() 
     client::assert_complete("apache dead-letter topic too small", &t);
     assert_eq!(t.dead_letters, 1, "{t:?}");
     assert!(counts[1].contains_key(&b"k40"[..]), "{t:?}");
+}
+
+/// `sandpiper check --config <config>`'s report (its standard output).
+fn check(config: &std::path::Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sandpiper"))
+        .arg("check")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("running sandpiper check");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

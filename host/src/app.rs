@@ -111,9 +111,30 @@ impl App {
 
         let mut pipelines = Vec::new();
         let mut deployers = HashMap::new();
-        let mut control_settings = None;
+        // The fleet's control topic is read to its end before any pipeline
+        // starts: a host started after a fleet deploy runs the published
+        // version from its first record, not its config's.
+        let control_settings = config.pipelines.first().map(|p| ClientSettings {
+            brokers: brokers.clone(),
+            group: p.group(&config.kafka).to_owned(),
+            properties: config.kafka.properties.clone(),
+            consumer_properties: config.kafka.consumer_properties.clone(),
+            producer_properties: config.kafka.producer_properties.clone(),
+        });
+        let (follower, mut published) = match (&config.deploy.control_topic, &control_settings) {
+            (Some(topic), Some(settings)) => {
+                let follower = ControlFollower::new(settings, &topic.0)?;
+                let published = follower.catch_up(Duration::from_secs(30)).await;
+                (Some(follower), published)
+            }
+            _ => (None, HashMap::new()),
+        };
         let mut status = Vec::new();
         for (p, (plugin, bytes)) in config.pipelines.iter().zip(plugins) {
+            let (plugin, bytes) = match published.remove(p.name()) {
+                Some(record) => fleet_version(&runtime, p, record, (plugin, bytes)),
+                None => (plugin, bytes),
+            };
             let pipeline_health = Arc::new(PipelineHealth::new(
                 p.name(),
                 Duration::from_secs(p.stall_timeout_secs),
@@ -129,7 +150,6 @@ impl App {
                 consumer_properties: config.kafka.consumer_properties.clone(),
                 producer_properties: config.kafka.producer_properties.clone(),
             };
-            control_settings.get_or_insert_with(|| client.clone());
             let pipeline = Pipeline::start(PipelineSpec {
                 config: p.clone(),
                 client,
@@ -177,9 +197,8 @@ impl App {
             pipelines.push(pipeline);
         }
 
-        let control = match (&config.deploy.control_topic, control_settings) {
-            (Some(topic), Some(settings)) => {
-                let follower = ControlFollower::new(&settings, &topic.0)?;
+        let control = match (&config.deploy.control_topic, control_settings, follower) {
+            (Some(topic), Some(settings), Some(follower)) => {
                 background.spawn(
                     format!("the control-topic follower ({topic})"),
                     crate::deploy::control::follow(
@@ -302,6 +321,36 @@ impl Background {
             metrics.tasks_failed.inc();
             health.set_fatal(format!("{what} {why}"));
         });
+    }
+}
+
+/// The version the fleet published last for pipeline `p`, loaded, or, if
+/// it does not load here, the config's `current` (the follower's deploys
+/// would refuse it too, and say so).
+fn fleet_version(
+    runtime: &Runtime,
+    p: &crate::config::PipelineConfig,
+    record: crate::kafka::control::ControlRecord,
+    current: (Arc<crate::runtime::Plugin>, Arc<[u8]>),
+) -> (Arc<crate::runtime::Plugin>, Arc<[u8]>) {
+    let bytes: Arc<[u8]> = record.bytes.into();
+    match runtime.load_bytes(
+        "the control topic",
+        &record.name,
+        &bytes,
+        p.plugin_settings(),
+    ) {
+        Ok(plugin) if plugin.id() == current.0.id() => current,
+        Ok(plugin) => {
+            tracing::info!(pipeline = p.name(), plugin = %plugin.id(), config = %current.0.id(),
+                "Starting on the version the fleet published last, not the config's.");
+            (plugin, bytes)
+        }
+        Err(error) => {
+            tracing::warn!(pipeline = p.name(), %error,
+                "The fleet's published version does not load here; starting on the config's.");
+            current
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! in the `sandpiper.plugin.name` header. Every host reads the topic from
 //! the beginning without a consumer group, so each one sees every record.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -88,6 +89,8 @@ impl ControlPublisher {
 /// Follows the control topic from its beginning.
 pub struct ControlFollower {
     consumer: StreamConsumer,
+    topic: String,
+    partitions: Vec<i32>,
 }
 
 impl std::fmt::Debug for ControlFollower {
@@ -122,7 +125,64 @@ impl ControlFollower {
         consumer
             .assign(&tpl)
             .context("assigning the control topic")?;
-        Ok(Self { consumer })
+        Ok(Self {
+            consumer,
+            topic: topic.to_owned(),
+            partitions: t.partitions().iter().map(|p| p.id()).collect(),
+        })
+    }
+
+    /// Reads what the topic holds now, to its high watermarks, and returns
+    /// the latest version published for each pipeline, so that a host
+    /// starts on the fleet's version rather than its config's; [`next`]
+    /// goes on after them. If the end cannot be read within `timeout`, it
+    /// says so (a warning) and returns what it read: the host then starts
+    /// on its config's versions where it knows no other, and the follower
+    /// applies the rest as it reads them.
+    ///
+    /// [`next`]: ControlFollower::next
+    pub async fn catch_up(&self, timeout: Duration) -> HashMap<String, ControlRecord> {
+        let mut latest = HashMap::new();
+        if let Err(error) = self.read_to_end(timeout, &mut latest).await {
+            tracing::warn!(topic = %self.topic, error = %format!("{error:#}"), read = latest.len(),
+                "Cannot read the fleet's versions before starting; starting on the config's where none was read.");
+        }
+        latest
+    }
+
+    async fn read_to_end(
+        &self,
+        timeout: Duration,
+        latest: &mut HashMap<String, ControlRecord>,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut ends = BTreeMap::new();
+        for &p in &self.partitions {
+            // One ListOffsets round trip per partition, once at start.
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(&self.topic, p, timeout)
+                .with_context(|| format!("reading the end of the control topic {}", self.topic))?;
+            if high > low {
+                ends.insert(p, high);
+            }
+        }
+        while !ends.is_empty() {
+            let m = tokio::time::timeout_at(deadline, self.consumer.recv())
+                .await
+                .with_context(|| format!("not read to its end within {timeout:?}"))?
+                .context("reading it")?;
+            if ends
+                .get(&m.partition())
+                .is_some_and(|end| m.offset() + 1 >= *end)
+            {
+                ends.remove(&m.partition());
+            }
+            if let Some(record) = control_record(&m) {
+                latest.insert(record.pipeline.clone(), record);
+            }
+        }
+        Ok(())
     }
 
     /// The next published version, or the consumer's error (librdkafka
@@ -134,21 +194,29 @@ impl ControlFollower {
                 .recv()
                 .await
                 .map_err(|e| ControlError(e.to_string()))?;
-            let (Some(key), Some(bytes)) = (m.key(), m.payload()) else {
-                continue; // A tombstone, or not ours.
-            };
-            let name = m
-                .headers()
-                .and_then(|hs| hs.iter().find(|h| h.key == H_NAME).and_then(|h| h.value))
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_else(|| "plugin".into());
-            return Ok(ControlRecord {
-                pipeline: String::from_utf8_lossy(key).into_owned(),
-                name,
-                bytes: bytes.to_vec(),
-            });
+            if let Some(record) = control_record(&m) {
+                return Ok(record);
+            }
+            // A tombstone, or not ours.
         }
     }
+}
+
+/// A published version, if `m` is one (a key and plugin bytes).
+fn control_record(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<ControlRecord> {
+    let (Some(key), Some(bytes)) = (m.key(), m.payload()) else {
+        return None;
+    };
+    let name = m
+        .headers()
+        .and_then(|hs| hs.iter().find(|h| h.key == H_NAME).and_then(|h| h.value))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_else(|| "plugin".into());
+    Some(ControlRecord {
+        pipeline: String::from_utf8_lossy(key).into_owned(),
+        name,
+        bytes: bytes.to_vec(),
+    })
 }
 
 /// Why the control topic could not be read (librdkafka's error, as text).
