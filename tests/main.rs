@@ -30,11 +30,11 @@ mod soak;
 /// The host on Apache Kafka, the reference broker: tallies, a node killed, refusals by size.
 mod apache;
 
-/// Incident 2 on Apache Kafka: a broker lost under replication 1; replicated topics through a rolling restart.
-mod incident;
-
 /// Consumer groups on Apache Kafka: 1 → 3 → 1 hosts (classic and KIP-848), SIGKILLs, a fleet deploy, dead letters byte for byte.
 mod groups;
+
+/// Incident 2 on Apache Kafka: a broker lost under replication 1; replicated topics through a rolling restart.
+mod incident;
 
 /// `sandpiper dlq inspect` and `replay`: counts, re-drives, loop guard, resuming.
 mod dlq;
@@ -44,3 +44,6 @@ mod deploy;
 
 /// Operating it: metrics, preflight check, status page in a real browser.
 mod ops;
+
+/// Deploying it as a service: `--version`, the systemd unit, the manifests, the Dockerfile, the alerts.
+mod service;

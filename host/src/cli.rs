@@ -14,7 +14,8 @@ use crate::runtime::{EngineSettings, Isolation, Limits, PluginSettings, Runtime}
 #[derive(Debug, Parser)]
 #[command(
     name = "sandpiper",
-    version,
+    // The version and the git commit it was built from (host/build.rs).
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("SANDPIPER_GIT_COMMIT"), ")"),
     about = "Run business logic on Kafka records in sandboxed Wasm components."
 )]
 pub struct Cli {

