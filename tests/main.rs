@@ -33,6 +33,9 @@ mod apache;
 /// Consumer groups on Apache Kafka: 1 → 3 → 1 hosts (classic and KIP-848), SIGKILLs, a fleet deploy, dead letters byte for byte.
 mod groups;
 
+/// A rolling upgrade on Apache Kafka: three hosts replaced one by one under load, nothing lost.
+mod upgrade;
+
 /// Incident 2 on Apache Kafka: a broker lost under replication 1; replicated topics through a rolling restart.
 mod incident;
 
