@@ -6,8 +6,8 @@
 //! times and about 400 ns at others, in spells of seconds (the hypervisor
 //! placing the two virtual cores near or far apart). The pipeline's host
 //! code hands every record between threads on the two cores, so its
-//! throughput and latency follow those spells (BENCHMARKS.md, "Slow
-//! runs"). Run it alone: it keeps both cores busy.
+//! throughput and latency follow those spells (BENCHMARKS.md counts the
+//! runs with the cores far apart). Run it alone: it keeps both cores busy.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
