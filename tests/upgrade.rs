@@ -4,20 +4,14 @@
 //! independent client; duplicates and the longest pause in commits are
 //! measured.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rdkafka::TopicPartitionList;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
-
 use crate::support::apache::Cluster;
-use crate::support::client::{self, Input, Producer};
+use crate::support::client;
+use crate::support::load::{CommitWatch, Feeder, around, assigned, longest_pause, traps};
 use crate::support::process::HostProcess;
 use crate::support::tansu::free_port;
 
@@ -81,178 +75,6 @@ fn start_host(cluster: &Cluster, topics: &Topics, dir: &Path, name: &str) -> Hos
     let config: PathBuf = dir.join(format!("{name}.toml"));
     std::fs::write(&config, text).expect("writing a host config");
     HostProcess::start(&config, &dir.join(format!("{name}.log")), admin)
-}
-
-/// Produces numbered inputs at about `per_second`, paced by the clock,
-/// until stopped; finishing it returns what it produced and its producer
-/// (every record acknowledged).
-#[derive(Debug)]
-struct Feeder {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<(Vec<Input>, Producer)>,
-}
-
-impl Feeder {
-    fn start(brokers: String, topic: String, per_second: u64, trap_every: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut producer = Producer::new(&brokers);
-            let mut inputs = Vec::new();
-            let started = Instant::now();
-            let every = Duration::from_micros(1_000_000 / per_second);
-            while !flag.load(Ordering::Relaxed) {
-                let i = inputs.len();
-                let input = client::numbered(i..i + 1, Some(trap_every)).remove(0);
-                producer.send(&topic, &input);
-                inputs.push(input);
-                let due = started + every * u32::try_from(i + 1).expect("inputs fit a u32");
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-            }
-            producer.flush();
-            (inputs, producer)
-        });
-        Self { stop, thread }
-    }
-
-    fn finish(self) -> (Vec<Input>, Producer) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().expect("the feeding thread panicked")
-    }
-}
-
-/// Inputs the `chaos` plugin traps on.
-fn traps(inputs: &[Input]) -> usize {
-    inputs
-        .iter()
-        .filter(|i| i.value.as_deref() == Some(b"unwrap-none"))
-        .count()
-}
-
-/// One reading of the group's committed offsets on the input.
-#[derive(Debug, Clone)]
-struct Reading {
-    at: Instant,
-    committed: BTreeMap<i32, i64>,
-}
-
-/// Reads the group's committed offsets every 200 ms (a client that never
-/// joins the group) until finished.
-#[derive(Debug)]
-struct CommitWatch {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<Vec<Reading>>,
-}
-
-impl CommitWatch {
-    fn start(brokers: String, group: String, topic: String) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let consumer: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &brokers)
-                .set("group.id", &group)
-                .set("enable.auto.commit", "false")
-                .set("allow.auto.create.topics", "false")
-                .create()
-                .expect("offsets reader");
-            let partitions = client::partitions(&consumer, &topic);
-            let mut readings = Vec::new();
-            while !flag.load(Ordering::Relaxed) {
-                let mut tpl = TopicPartitionList::new();
-                for p in &partitions {
-                    tpl.add_partition(&topic, *p);
-                }
-                // A reading counts only when it has every partition's offset.
-                let read: Option<BTreeMap<i32, i64>> = consumer
-                    .committed_offsets(tpl, Duration::from_secs(2))
-                    .ok()
-                    .and_then(|tpl| {
-                        tpl.elements()
-                            .iter()
-                            .map(|e| {
-                                e.error().ok()?;
-                                Some((e.partition(), e.offset().to_raw().unwrap_or(-1).max(0)))
-                            })
-                            .collect()
-                    });
-                if let Some(committed) = read.filter(|r| r.len() == partitions.len()) {
-                    readings.push(Reading {
-                        at: Instant::now(),
-                        committed,
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            readings
-        });
-        Self { stop, thread }
-    }
-
-    fn finish(self) -> Vec<Reading> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().expect("the commit watcher panicked")
-    }
-}
-
-/// The longest time `value` of the readings did not grow, from the first
-/// reading where it is positive to the last: (pause, when it began).
-fn longest_pause(readings: &[Reading], value: impl Fn(&Reading) -> i64) -> (Duration, Instant) {
-    let mut longest = (Duration::ZERO, Instant::now());
-    let mut since: Option<(Instant, i64)> = None;
-    for r in readings {
-        let v = value(r);
-        match since {
-            None if v > 0 => since = Some((r.at, v)),
-            None => {}
-            Some((at, last)) => {
-                if r.at - at > longest.0 {
-                    longest = (r.at - at, at);
-                }
-                if v > last {
-                    since = Some((r.at, v));
-                }
-            }
-        }
-    }
-    longest
-}
-
-/// What happened from `at` to `at + span` (or, if nothing, last before it).
-fn around(events: &[(Instant, String)], at: Instant, span: Duration) -> Vec<String> {
-    let during: Vec<String> = events
-        .iter()
-        .filter(|(t, _)| (at..=at + span).contains(t))
-        .map(|(_, e)| e.clone())
-        .collect();
-    if during.is_empty() {
-        events
-            .iter()
-            .rev()
-            .find(|(t, _)| *t < at)
-            .map(|(_, e)| vec![e.clone()])
-            .unwrap_or_default()
-    } else {
-        during
-    }
-}
-
-/// The input partitions a host has (`/status`), or `None` while it does
-/// not answer.
-fn assigned(host: &HostProcess) -> Option<BTreeSet<String>> {
-    let (status, body) = host.get("/status")?;
-    if status != 200 {
-        return None;
-    }
-    Some(
-        body["pipelines"][0]["assigned"]
-            .as_array()?
-            .iter()
-            .filter_map(|p| p.as_str().map(str::to_owned))
-            .collect(),
-    )
 }
 
 /// Waits until the hosts between them have every input partition, none
@@ -341,7 +163,12 @@ fn rolling_upgrade_of_three_hosts_under_load_loses_nothing() {
         events.push((Instant::now(), e));
     };
 
-    let feeder = Feeder::start(cluster.bootstrap(), topics.input.clone(), RATE, TRAP_EVERY);
+    let feeder = Feeder::start(
+        cluster.bootstrap(),
+        topics.input.clone(),
+        RATE,
+        Some(TRAP_EVERY),
+    );
     let watch = CommitWatch::start(
         cluster.bootstrap(),
         topics.group.clone(),

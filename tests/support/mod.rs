@@ -6,6 +6,7 @@ pub mod apache;
 pub mod client;
 pub mod http;
 pub mod kafka;
+pub mod load;
 pub mod process;
 pub mod tally;
 pub mod tansu;
